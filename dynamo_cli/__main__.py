@@ -1,0 +1,3 @@
+from dynamo_cli.app import main
+
+main()

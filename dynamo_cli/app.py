@@ -1,0 +1,60 @@
+"""The `dynamo` command: wiring only, plus main() as the single error boundary."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+
+from dynamo_cli import __version__
+from dynamo_cli.commands import config_cmd, role, run
+
+app = typer.Typer(
+    name="dynamo",
+    help="Bring up a distributed LLM serving system with one command: OpenAI frontend, KV-aware router, "
+    "prefill/decode workers, planner. Run `dynamo COMMAND --help` for examples.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_enable=False,
+)
+app.command("run", help=run.HELP)(run.run)
+app.command("role", help=role.HELP)(role.role)
+app.add_typer(config_cmd.app, name="config")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"dynamo-cli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    """Root options."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    from dynamo_cli.console import print_error
+    from dynamo_cli.errors import DynamoError
+
+    try:
+        rv = app(args=argv, standalone_mode=False)
+    except DynamoError as e:
+        print_error(e.message, e.hint)
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(rv if isinstance(rv, int) else 0)

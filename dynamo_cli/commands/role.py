@@ -1,0 +1,43 @@
+"""`dynamo role NAME [PROFILE]`: run one role in the foreground (what `dynamo run` spawns)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated
+
+import typer
+
+from dynamo_cli.commands import options as o
+
+
+class RoleName(str, Enum):
+    frontend = "frontend"
+    router = "router"
+    worker = "worker"
+
+
+HELP = f"""Run one role in the foreground, e.g. a worker on another machine joining a deployment:
+
+  dynamo role worker agg --set infra.etcd=http://head:2379 --set infra.nats=nats://head:4222
+
+The role uses the etcd and NATS the profile names ('auto' means the default local ports); it never
+spawns them. SIGINT/SIGTERM drain in-flight work, a second one exits at once.
+
+{o.PRECEDENCE_HELP}
+"""
+
+
+def role(
+    name: Annotated[RoleName, typer.Argument(help="Which role.")],
+    profile: o.Profile = None,
+    sets: o.Sets = None,
+    model: o.Model = None,
+    engine: o.Engine = None,
+    namespace: o.Namespace = None,
+    index: Annotated[int, typer.Option(help="Instance index (names logs, seeds the mocker).")] = 0,
+) -> int:
+    from dynamo_cli.config.loader import load_config
+    from dynamo_cli.roles.runner import run_role
+
+    cfg = load_config(profile, sets=sets, flags=o.common_flags(model, engine, namespace))
+    return run_role(name.value, cfg, index)

@@ -1,0 +1,72 @@
+"""`dynamo run PROFILE`: the whole deployment on this machine."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from dynamo_cli.commands import options as o
+
+HELP = f"""Bring up a whole deployment: etcd and NATS (spawned if none answer), workers, router, frontend.
+
+Examples:
+
+  dynamo run agg --engine mocker                 # simulated engine, no GPU needed
+
+  dynamo run agg --engine mocker --workers 4 --port 8080
+
+  dynamo run agg --set router.mode=random --set mocker.speedup_ratio=10
+
+  dynamo run ./my-profile.yaml
+
+{o.PRECEDENCE_HELP}
+"""
+
+
+def run(
+    profile: Annotated[
+        str, typer.Argument(help="Built-in profile name (agg, disagg) or path to a YAML profile.")
+    ],
+    sets: o.Sets = None,
+    model: o.Model = None,
+    engine: o.Engine = None,
+    namespace: o.Namespace = None,
+    served_model_name: Annotated[
+        Optional[str], typer.Option(help="Name clients use for the model.", show_default=False)
+    ] = None,
+    host: Annotated[
+        Optional[str], typer.Option(help="Frontend bind address [default: 127.0.0.1].", show_default=False)
+    ] = None,
+    port: Annotated[
+        Optional[int], typer.Option("--port", "-p", help="Frontend port [default: 8000].", show_default=False)
+    ] = None,
+    workers: Annotated[
+        Optional[int],
+        typer.Option("--workers", "-w", help="Aggregated worker processes.", show_default=False),
+    ] = None,
+    router_mode: Annotated[
+        Optional[str], typer.Option(help="round-robin or random.", show_default=False)
+    ] = None,
+    speedup: Annotated[
+        Optional[float], typer.Option("--speedup", help="Mocker speedup ratio.", show_default=False)
+    ] = None,
+    json_output: o.Json = False,
+) -> int:
+    from dynamo_cli.config.loader import load_config
+    from dynamo_cli.console import err_console
+    from dynamo_cli.runtime.launcher import run_deployment
+    from dynamo_cli.runtime.lifecycle import configure_logging
+
+    flags = {
+        **o.common_flags(model, engine, namespace),
+        "served_model_name": served_model_name,
+        "frontend.host": host,
+        "frontend.port": port,
+        "workers.count": workers,
+        "router.mode": router_mode,
+        "mocker.speedup_ratio": speedup,
+    }
+    cfg = load_config(profile, sets=sets, flags=flags)
+    configure_logging(cfg.log_level)
+    return run_deployment(cfg, err_console(), json_output=json_output)

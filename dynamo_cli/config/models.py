@@ -1,0 +1,142 @@
+"""Typed profile models. Every default lives here and nowhere else."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+EngineName = Literal["mocker", "vllm"]
+RouterMode = Literal["round-robin", "random"]
+
+_GPU_LIST = re.compile(r"^\s*\d+(\s*-\s*\d+)?(\s*,\s*\d+(\s*-\s*\d+)?)*\s*$")
+
+
+def parse_gpu_list(spec: str) -> list[int]:
+    """'0-3,6' -> [0, 1, 2, 3, 6]."""
+    if not _GPU_LIST.match(spec):
+        raise ValueError(f"'{spec}' is not a GPU list; use e.g. '0-3' or '0,2,5'")
+    out: list[int] = []
+    for part in spec.split(","):
+        lo, _, hi = part.strip().partition("-")
+        a, b = int(lo), int(hi or lo)
+        if b < a:
+            raise ValueError(f"GPU range '{part.strip()}' goes backwards")
+        out.extend(range(a, b + 1))
+    if len(set(out)) != len(out):
+        raise ValueError(f"GPU list '{spec}' names a GPU twice")
+    return out
+
+
+class InfraConfig(_Model):
+    etcd: str = Field(
+        "auto",
+        description="'auto': use etcd on 127.0.0.1:2379 if it answers, else spawn one; 'spawn': always "
+        "spawn a private one; or an endpoint like http://host:2379 that must be reachable.",
+    )
+    nats: str = Field(
+        "auto",
+        description="'auto': use NATS on 127.0.0.1:4222 if it answers (JetStream on), else spawn one; "
+        "'spawn': always spawn; or a URL like nats://host:4222 that must be reachable.",
+    )
+    lease_ttl_s: int = Field(
+        10, ge=2, le=300, description="Discovery lease TTL; a dead process vanishes after it."
+    )
+
+
+class FrontendConfig(_Model):
+    host: str = Field("127.0.0.1", description="HTTP bind address (0.0.0.0 to serve other machines).")
+    port: int = Field(8000, ge=0, le=65535, description="HTTP port (0 = pick a free one).")
+    request_timeout_s: float = Field(600.0, gt=0, description="Longest a request may run end to end.")
+    first_response_timeout_s: float = Field(
+        5.0, gt=0, description="How long a worker has to accept a request before another is tried."
+    )
+    stream_idle_timeout_s: float = Field(
+        5.0, gt=0, description="A worker silent this long (no token, no keepalive) is treated as dead."
+    )
+    max_retries: int = Field(
+        2, ge=0, le=10, description="Other workers tried when one cannot take a request."
+    )
+
+
+class RouterConfig(_Model):
+    mode: RouterMode = Field("round-robin", description="How the router picks a worker for a request.")
+    replicas: int = Field(
+        1, ge=0, le=64, description="Router processes; 0 embeds the router in the frontend."
+    )
+    seed: int | None = Field(None, description="Seed for the random policy (tests).")
+
+
+class WorkerGroupConfig(_Model):
+    count: int = Field(1, ge=0, le=1024, description="Worker processes in this group.")
+    gpus: str | None = Field(
+        None, description="GPU ids for the group, e.g. '0-3' (split evenly among workers)."
+    )
+    max_restarts: int = Field(3, ge=0, description="Restarts of a dead worker before the launcher gives up.")
+
+    @field_validator("gpus")
+    @classmethod
+    def _check_gpus(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_gpu_list(v)
+        return v
+
+
+class MockerConfig(_Model):
+    block_size: int = Field(16, ge=1, le=1024, description="Tokens per KV block.")
+    num_blocks: int = Field(16384, ge=16, description="KV blocks in the simulated cache.")
+    max_num_seqs: int = Field(256, ge=1, description="Most requests running at once.")
+    max_num_batched_tokens: int = Field(8192, ge=16, description="Token budget of one scheduler step.")
+    enable_prefix_caching: bool = Field(True, description="Reuse cached prompt blocks across requests.")
+    speedup_ratio: float = Field(
+        1.0, gt=0, description="Divides every simulated duration; 1000 makes the engine nearly free."
+    )
+    vocab_size: int | None = Field(None, ge=2, description="Sampled token range (default: the model's).")
+    eos_rate: float = Field(
+        0.0, ge=0.0, le=1.0, description="Chance per output token of emitting EOS (unless ignore_eos)."
+    )
+    # Timing model, in ms (see docs/mocker.md): prefill(t) = a*t^2 + b*t + c for t new tokens in a step;
+    # decode step = d2*u^2 + d1*u + d0 for KV utilisation u, floored at 1 ms.
+    prefill_ms: tuple[float, float, float] = Field((4.21e-7, 0.01518, 16.5), description="Prefill a, b, c.")
+    decode_ms: tuple[float, float, float] = Field((-25.74, 54.01, 5.74), description="Decode d2, d1, d0.")
+
+    @model_validator(mode="after")
+    def _check(self) -> MockerConfig:
+        if self.max_num_batched_tokens < self.block_size:
+            raise ValueError("max_num_batched_tokens must be at least block_size")
+        return self
+
+
+class VllmConfig(_Model):
+    block_size: int | None = Field(None, description="KV block size (CPU needs a multiple of 32).")
+    extra_args: dict[str, object] = Field(default_factory=dict, description="Passed to vLLM's engine args.")
+
+
+class SupervisorConfig(_Model):
+    ready_timeout_s: float = Field(300.0, gt=0, description="Longest a role may take to become ready.")
+    stop_timeout_s: float = Field(20.0, gt=0, description="Graceful stop per role before it is killed.")
+
+
+class DynamoConfig(_Model):
+    """A whole deployment: what `dynamo run PROFILE` brings up."""
+
+    namespace: str = Field("dynamo", pattern=r"^[A-Za-z0-9_-]+$", description="Isolates deployments.")
+    model: str | None = Field(
+        None, description="Model folder or HF id; unset = the embedded SmolLM2-135M-Instruct."
+    )
+    served_model_name: str | None = Field(None, description="Name clients use (default: from the model).")
+    engine: EngineName = Field("mocker", description="Worker engine.")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    infra: InfraConfig = Field(default_factory=InfraConfig)
+    frontend: FrontendConfig = Field(default_factory=FrontendConfig)
+    router: RouterConfig = Field(default_factory=RouterConfig)
+    workers: WorkerGroupConfig = Field(default_factory=WorkerGroupConfig, description="Aggregated workers.")
+    mocker: MockerConfig = Field(default_factory=MockerConfig)
+    vllm: VllmConfig = Field(default_factory=VllmConfig)
+    supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)

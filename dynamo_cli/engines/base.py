@@ -1,0 +1,104 @@
+"""The contract between a worker role and its engine (vLLM or the mocker).
+
+Workers receive token ids, never text. An engine streams deltas of new token ids per request and
+reports KV cache events and load, which the worker publishes for the router.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+FinishReason = Literal["stop", "length", "abort", "error"]
+
+
+@dataclass(slots=True)
+class SamplingOptions:
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    seed: int | None = None
+    ignore_eos: bool = False
+    min_tokens: int = 0
+    # Extra token ids that end the request (besides the engine's own EOS); honoured even with
+    # ignore_eos, as in vLLM.
+    stop_token_ids: list[int] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class EngineRequest:
+    request_id: str
+    prompt_token_ids: list[int]
+    sampling: SamplingOptions
+
+
+@dataclass(slots=True)
+class EngineOutput:
+    """One step of a request's stream: the new tokens since the previous output."""
+
+    token_ids: list[int]
+    finish_reason: FinishReason | None = None
+    # Set on the first output of a request: how many prompt tokens were served from the prefix cache.
+    cached_tokens: int | None = None
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class KvEvent:
+    """A change to an engine's KV cache, in the router's terms.
+
+    kind "stored": ``block_hashes`` (sequence hashes, in prefix order) were added; ``parent_hash`` is
+    the sequence hash of the block before the first one (None at the start of a sequence); token_ids
+    are the tokens of those blocks. "removed": ``block_hashes`` were evicted. "cleared": everything went.
+    ``event_id`` is monotonic per engine instance, starting at 1.
+    """
+
+    event_id: int
+    kind: Literal["stored", "removed", "cleared"]
+    block_hashes: list[int] = field(default_factory=list)
+    parent_hash: int | None = None
+    token_ids: list[int] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class LoadMetrics:
+    running: int
+    waiting: int
+    active_blocks: int  # blocks held by running requests
+    total_blocks: int
+
+    @property
+    def kv_usage(self) -> float:
+        return self.active_blocks / self.total_blocks if self.total_blocks else 0.0
+
+
+KvEventSink = Callable[[KvEvent], None]
+
+
+class Engine(abc.ABC):
+    """An inference engine that takes token ids and streams token ids."""
+
+    block_size: int
+
+    @abc.abstractmethod
+    async def start(self, on_kv_event: KvEventSink | None = None) -> None:
+        """Bring the engine up. KV events are delivered to ``on_kv_event`` from the event loop."""
+
+    @abc.abstractmethod
+    def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+        """Stream outputs; the last one has a finish_reason. Cancelling the iteration aborts it."""
+
+    @abc.abstractmethod
+    async def abort(self, request_id: str) -> None:
+        """Stop a request and free its blocks; its stream ends with finish_reason "abort"."""
+
+    @abc.abstractmethod
+    def load(self) -> LoadMetrics:
+        """Current load, cheap enough to call per request."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Stop the engine; in-flight streams end with finish_reason "abort"."""

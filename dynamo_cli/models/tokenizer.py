@@ -1,0 +1,235 @@
+"""The frontend's preprocessing: chat template -> text -> token ids, and token ids -> text, incrementally.
+
+Reads a Hugging Face model folder with the `tokenizers` library and jinja2 directly (no transformers,
+no torch): tokenizer.json, tokenizer_config.json (chat template, special tokens) and
+generation_config.json (EOS ids).
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+from datetime import datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from dynamo_cli.errors import StartupError, UsageError
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte <-> printable character map used by byte-level BPE."""
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs), strict=True))
+
+
+def _token_text(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return value.get("content")
+    return value if isinstance(value, str) else None
+
+
+class TemplateError(UsageError):
+    """The chat template rejected the messages (e.g. roles out of order)."""
+
+
+class ModelTokenizer:
+    """Tokenizer, chat template and stop tokens of one model folder."""
+
+    def __init__(self, folder: Path):
+        from tokenizers import Tokenizer
+
+        self.folder = folder
+        tok_file = folder / "tokenizer.json"
+        if not tok_file.is_file():
+            raise StartupError(
+                f"{folder} has no tokenizer.json",
+                hint="save a fast tokenizer into the folder with transformers' save_pretrained",
+            )
+        self.tokenizer = Tokenizer.from_file(str(tok_file))
+        cfg = _read_json(folder / "tokenizer_config.json")
+        gen = _read_json(folder / "generation_config.json")
+        model_cfg = _read_json(folder / "config.json")
+        self.bos_token = _token_text(cfg.get("bos_token"))
+        self.eos_token = _token_text(cfg.get("eos_token"))
+        self.chat_template = self._find_template(folder, cfg)
+        self._compiled: Any = None
+        self.vocab_size = max(
+            self.tokenizer.get_vocab_size(with_added_tokens=True), int(model_cfg.get("vocab_size") or 0)
+        )
+        self.context_length = int(
+            model_cfg.get("max_position_embeddings") or cfg.get("model_max_length") or 4096
+        )
+        eos_ids: list[int] = []
+        for source in (gen.get("eos_token_id"), model_cfg.get("eos_token_id")):
+            if isinstance(source, int):
+                eos_ids.append(source)
+            elif isinstance(source, list):
+                eos_ids.extend(int(x) for x in source)
+        if self.eos_token is not None and (tid := self.tokenizer.token_to_id(self.eos_token)) is not None:
+            eos_ids.append(tid)
+        self.eos_token_ids = sorted(set(eos_ids))
+        self.special_ids = {
+            tid
+            for tok, added in self.tokenizer.get_added_tokens_decoder().items()
+            if added.special
+            for tid in [tok]
+        }
+        self._byte_table = self._build_byte_table()
+
+    @staticmethod
+    def _find_template(folder: Path, cfg: dict[str, Any]) -> str | None:
+        jinja = folder / "chat_template.jinja"
+        if jinja.is_file():
+            return jinja.read_text()
+        template = cfg.get("chat_template")
+        if isinstance(template, list):  # named templates: take "default"
+            named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+            template = named.get("default") or next(iter(named.values()), None)
+        return template if isinstance(template, str) else None
+
+    # ---- text -> ids ------------------------------------------------------------------------------
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def render_chat(
+        self, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True, **kwargs: Any
+    ) -> str:
+        if self.chat_template is None:
+            raise UsageError(
+                f"model {self.folder.name} has no chat template",
+                hint="use /v1/completions, or a model folder whose tokenizer_config.json has chat_template",
+            )
+        if self._compiled is None:
+            self._compiled = _compile_template(self.chat_template)
+        from jinja2.exceptions import TemplateError as JinjaError
+
+        try:
+            return self._compiled.render(
+                messages=messages,
+                add_generation_prompt=add_generation_prompt,
+                bos_token=self.bos_token or "",
+                eos_token=self.eos_token or "",
+                **kwargs,
+            )
+        except JinjaError as e:
+            raise TemplateError(f"the chat template rejected the messages: {e}") from e
+
+    def encode_chat(self, messages: list[dict[str, Any]], **kwargs: Any) -> list[int]:
+        # The template writes BOS itself where the model wants it.
+        return self.encode(self.render_chat(messages, **kwargs), add_special_tokens=False)
+
+    # ---- ids -> text ------------------------------------------------------------------------------
+    def _build_byte_table(self) -> list[bytes] | None:
+        """For byte-level BPE: the bytes of every token id (special tokens map to b'')."""
+        spec = json.loads(self.tokenizer.to_str())
+        decoder = spec.get("decoder") or {}
+        if decoder.get("type") != "ByteLevel":
+            return None
+        b2u = {c: b for b, c in _bytes_to_unicode().items()}
+        size = self.tokenizer.get_vocab_size(with_added_tokens=True)
+        table: list[bytes] = [b""] * size
+        added = {t["id"]: t for t in spec.get("added_tokens", [])}
+        for token, tid in self.tokenizer.get_vocab(with_added_tokens=True).items():
+            if tid >= size:
+                continue
+            if tid in added:
+                table[tid] = b"" if added[tid].get("special") else token.encode()
+                continue
+            try:
+                table[tid] = bytes(b2u[c] for c in token)
+            except KeyError:
+                table[tid] = token.encode()
+        return table
+
+    def detokenizer(self, skip_special_tokens: bool = True) -> IncrementalDetokenizer:
+        return IncrementalDetokenizer(self, skip_special_tokens)
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+
+
+class IncrementalDetokenizer:
+    """Turns a stream of token ids into text deltas; never splits a multi-byte character."""
+
+    __slots__ = ("_stream", "_table", "_tok", "_utf8", "skip_special")
+
+    def __init__(self, tok: ModelTokenizer, skip_special_tokens: bool):
+        self._tok = tok
+        self.skip_special = skip_special_tokens
+        self._table = tok._byte_table if skip_special_tokens else None
+        if self._table is not None:
+            self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        else:
+            from tokenizers.decoders import DecodeStream
+
+            self._stream = DecodeStream(skip_special_tokens=skip_special_tokens)
+
+    def step(self, token_ids: list[int]) -> str:
+        """Text for these new tokens (may be '' while a character is incomplete)."""
+        if self._table is not None:
+            table = self._table
+            n = len(table)
+            return self._utf8.decode(b"".join(table[t] if 0 <= t < n else b"" for t in token_ids))
+        out = []
+        tokenizer = self._tok.tokenizer
+        for t in token_ids:
+            piece = self._stream.step(tokenizer, t)
+            if piece:
+                out.append(piece)
+        return "".join(out)
+
+    def flush(self) -> str:
+        """Whatever is left at the end (an incomplete character becomes U+FFFD)."""
+        if self._table is not None:
+            return self._utf8.decode(b"", final=True)
+        return ""
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise StartupError(f"{path} is not readable JSON ({e})") from e
+    return data if isinstance(data, dict) else {}
+
+
+def _raise_exception(message: str) -> None:
+    from jinja2.exceptions import TemplateError as JinjaError
+
+    raise JinjaError(message)
+
+
+@lru_cache(maxsize=16)
+def _compile_template(source: str):
+    """Compile a chat template the way Hugging Face runs them: sandboxed, trim_blocks, lstrip_blocks."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+    )
+
+    def tojson(
+        value: Any, ensure_ascii: bool = False, indent: int | None = None, separators=None, sort_keys=False
+    ):
+        return json.dumps(
+            value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+        )
+
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    return env.from_string(source)

@@ -1,0 +1,103 @@
+"""What every role process shares: connect, start, report ready, serve until asked to stop, close."""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+from typing import Any
+
+from dynamo_cli.config.models import DynamoConfig
+from dynamo_cli.errors import RequestError, StartupError, UsageError
+from dynamo_cli.runtime.discovery import EtcdDiscovery
+from dynamo_cli.runtime.lifecycle import die_with_parent, install_signal_handlers, report_ready
+from dynamo_cli.runtime.messaging import NatsRequestPlane
+from dynamo_cli.runtime.servers import DEFAULT_ETCD, DEFAULT_NATS
+
+logger = logging.getLogger(__name__)
+
+
+def infra_url(setting: str, default: str, what: str) -> str:
+    """A role uses servers; it never spawns them (the launcher does)."""
+    if setting == "auto":
+        return default
+    if setting == "spawn":
+        raise UsageError(
+            f"a role started by hand cannot spawn {what}",
+            hint=f"pass --set infra.{what}=URL of the server the deployment uses",
+        )
+    return setting
+
+
+class Role(abc.ABC):
+    name: str
+
+    def __init__(self, cfg: DynamoConfig):
+        self.cfg = cfg
+        self.plane: NatsRequestPlane | None = None
+        self.discovery: EtcdDiscovery | None = None
+        # A role sets this when it can no longer work (e.g. its engine died): the process then exits 1.
+        self.failed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def connect(self) -> None:
+        nats_url = infra_url(self.cfg.infra.nats, DEFAULT_NATS, "nats")
+        etcd_url = infra_url(self.cfg.infra.etcd, DEFAULT_ETCD, "etcd")
+        try:
+            self.plane = await NatsRequestPlane.connect(nats_url, name=self.name)
+        except RequestError as e:
+            raise StartupError(str(e), hint="is the NATS server running? (dynamo doctor checks)") from e
+        self.discovery = await EtcdDiscovery.connect(
+            etcd_url, self.cfg.namespace, ttl=self.cfg.infra.lease_ttl_s
+        )
+
+    @abc.abstractmethod
+    async def start(self) -> dict[str, Any]:
+        """Connect and start serving; return what the launcher should know (e.g. a URL)."""
+
+    @abc.abstractmethod
+    async def drain(self) -> None:
+        """Stop taking new work and finish what is in flight."""
+
+    async def close(self) -> None:
+        if self.discovery is not None:
+            await self.discovery.close()
+        if self.plane is not None:
+            await self.plane.close()
+
+
+async def serve_role(role: Role, stop_timeout: float) -> int:
+    """The role process's whole life. Returns its exit code."""
+    die_with_parent()
+    shutdown = install_signal_handlers()
+    try:
+        info = await role.start()
+    except BaseException:
+        await asyncio.wait_for(role.close(), stop_timeout)
+        raise
+    report_ready(info)
+    logger.info("%s ready %s", role.name, info or "")
+    stop: asyncio.Future[Any] = asyncio.ensure_future(shutdown.requested.wait())
+    lost: asyncio.Future[Any] | None = (
+        asyncio.ensure_future(role.discovery.lease_lost.wait()) if role.discovery else None
+    )
+    waiters: list[asyncio.Future[Any]] = [stop, role.failed] + ([lost] if lost else [])
+    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    code = 0
+    if role.failed.done():
+        logger.error("%s failed: %s", role.name, role.failed.result())
+        code = 1
+    elif lost is not None and lost.done():
+        logger.error("%s lost its discovery lease; exiting so it can be restarted", role.name)
+        code = 1
+    for w in (stop, lost):
+        if w is not None:
+            w.cancel()
+    try:
+        await asyncio.wait_for(role.drain(), stop_timeout)
+    except asyncio.TimeoutError:
+        logger.warning("%s: in-flight work did not finish in %g s", role.name, stop_timeout)
+    try:
+        await asyncio.wait_for(role.close(), 5)
+    except asyncio.TimeoutError:
+        logger.warning("%s: close timed out", role.name)
+    return code

@@ -1,0 +1,144 @@
+"""One request's journey after validation: prompt ids in, text deltas out (stop strings, usage, timing)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass, field
+
+from dynamo_cli.engines.base import EngineOutput, EngineRequest, SamplingOptions
+from dynamo_cli.models.tokenizer import ModelTokenizer
+from dynamo_cli.roles.frontend.client import WorkerClient
+from dynamo_cli.roles.frontend.metrics import FrontendMetrics
+from dynamo_cli.roles.frontend.schemas import OpenAIError, _Sampling
+
+
+def new_request_id(prefix: str) -> str:
+    return f"{prefix}-{os.urandom(12).hex()}"
+
+
+@dataclass
+class Generation:
+    """State of one generation; ``deltas()`` drives it."""
+
+    request_id: str
+    prompt_ids: list[int]
+    sampling: SamplingOptions
+    stops: list[str]
+    skip_special_tokens: bool
+    finish_reason: str | None = None
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    first_token_at: float | None = None
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.prompt_ids)
+
+    def usage(self) -> dict:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
+        }
+
+
+def build_generation(
+    request_id: str, prompt_ids: list[int], body: _Sampling, tok: ModelTokenizer
+) -> Generation:
+    n = len(prompt_ids)
+    limit = tok.context_length
+    if n >= limit:
+        raise OpenAIError(
+            400,
+            f"the prompt has {n} tokens; the model's context is {limit}",
+            param="messages",
+            code="context_length_exceeded",
+        )
+    requested = body.requested_max_tokens
+    if requested is not None and n + requested > limit:
+        raise OpenAIError(
+            400,
+            f"max_tokens ({requested}) plus the prompt ({n} tokens) exceeds the model's context ({limit})",
+            param="max_tokens",
+            code="context_length_exceeded",
+        )
+    sampling = SamplingOptions(
+        max_tokens=requested or (limit - n),
+        temperature=body.temperature,
+        top_p=body.top_p,
+        top_k=body.top_k,
+        seed=body.seed,
+        ignore_eos=body.ignore_eos,
+        min_tokens=body.min_tokens,
+        stop_token_ids=list(body.stop_token_ids or []),
+    )
+    return Generation(request_id, prompt_ids, sampling, body.stop_list, body.skip_special_tokens)
+
+
+async def run_generation(
+    gen: Generation, model: str, client: WorkerClient, tok: ModelTokenizer, metrics: FrontendMetrics
+) -> AsyncIterator[str]:
+    """Yield text deltas; on return, gen.finish_reason / completion_tokens / cached_tokens are final."""
+    detok = tok.detokenizer(gen.skip_special_tokens)
+    stops = gen.stops
+    hold = max((len(s) for s in stops), default=1) - 1
+    held = ""
+    itl = metrics.itl
+    last = gen.started
+    outputs: AsyncGenerator[EngineOutput, None] = client.generate(
+        model, EngineRequest(gen.request_id, gen.prompt_ids, gen.sampling)
+    )
+    try:
+        async for out in outputs:
+            now = time.perf_counter()
+            n_new = len(out.token_ids)
+            if out.cached_tokens is not None:
+                gen.cached_tokens = out.cached_tokens
+            if n_new:
+                if gen.first_token_at is None:
+                    gen.first_token_at = now
+                    metrics.ttft.observe(now - gen.started)
+                else:
+                    gap = (now - last) / n_new
+                    for _ in range(n_new):
+                        itl.observe(gap)
+                last = now
+                gen.completion_tokens += n_new
+            if out.error:
+                raise OpenAIError(500, f"the worker failed the request: {out.error}", code="worker_error")
+            text = detok.step(out.token_ids) if n_new else ""
+            if out.finish_reason is not None:
+                text += detok.flush()
+            if stops:
+                buf = held + text
+                cut = min((i for s in stops if (i := buf.find(s)) >= 0), default=-1)
+                if cut >= 0:
+                    if cut:
+                        yield buf[:cut]
+                    gen.finish_reason = "stop"
+                    return
+                if out.finish_reason is None and hold:
+                    held = buf[-hold:]
+                    text = buf[:-hold]
+                else:
+                    held, text = "", buf
+            if text:
+                yield text
+            if out.finish_reason is not None:
+                if out.finish_reason == "abort":
+                    raise OpenAIError(
+                        503, "the worker stopped the request (is it shutting down?)", code="aborted"
+                    )
+                if out.finish_reason == "error":
+                    raise OpenAIError(500, "the worker failed the request", code="worker_error")
+                gen.finish_reason = out.finish_reason
+                return
+    finally:
+        await outputs.aclose()
+        metrics.input_tokens.inc(gen.prompt_tokens)
+        metrics.cached_tokens.inc(gen.cached_tokens)
+        metrics.output_tokens.inc(gen.completion_tokens)

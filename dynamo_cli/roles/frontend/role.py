@@ -1,0 +1,117 @@
+"""The frontend role: preprocessing and the OpenAI HTTP API in front of the workers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+
+from dynamo_cli.config.models import DynamoConfig
+from dynamo_cli.errors import StartupError
+from dynamo_cli.models.resolve import ResolvedModel
+from dynamo_cli.models.tokenizer import ModelTokenizer
+from dynamo_cli.roles.base import Role
+from dynamo_cli.roles.frontend.client import WorkerClient
+from dynamo_cli.roles.frontend.metrics import FrontendMetrics
+from dynamo_cli.roles.frontend.server import FrontendState, build_app
+from dynamo_cli.routing.policies import make_policy
+from dynamo_cli.runtime import protocol
+from dynamo_cli.runtime.workers import InstanceSet
+
+logger = logging.getLogger(__name__)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handlers: this process has one owner of signals (roles.base)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise StartupError(
+            f"cannot listen on {host}:{port} ({e.strerror})",
+            hint="another process uses that port: pick another with --port",
+        ) from e
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+class FrontendRole(Role):
+    def __init__(self, cfg: DynamoConfig, model: ResolvedModel):
+        super().__init__(cfg)
+        self.name = "frontend"
+        self.model = model
+        self.server: _Server | None = None
+        self._serve_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> dict[str, Any]:
+        fcfg = self.cfg.frontend
+        sock = bind_socket(fcfg.host, fcfg.port)  # first: a busy port fails fast, before any connection
+        tokenizer = await asyncio.to_thread(ModelTokenizer, self.model.path)
+        await self.connect()
+        assert self.plane is not None and self.discovery is not None
+        workers = InstanceSet()
+        workers.reset(await self.discovery.watch(protocol.WORKER, workers.on_event))
+        routers = None
+        if self.cfg.router.replicas > 0:
+            routers = InstanceSet()
+            routers.reset(await self.discovery.watch(protocol.ROUTER, routers.on_event))
+        metrics = FrontendMetrics(self.model.name)
+        client = WorkerClient(
+            self.plane,
+            fcfg,
+            workers,
+            make_policy(self.cfg.router.mode, self.cfg.router.seed),
+            routers,
+            suspect_s=float(self.cfg.infra.lease_ttl_s),
+        )
+        client.on_retry = metrics.retries.inc
+        state = FrontendState(self.model.name, tokenizer, client, workers, metrics)
+        config = uvicorn.Config(
+            build_app(state),
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            http="httptools",
+            timeout_keep_alive=30,
+            timeout_graceful_shutdown=int(self.cfg.supervisor.stop_timeout_s),
+        )
+        self.server = _Server(config)
+        self._serve_task = asyncio.create_task(self.server.serve(sockets=[sock]), name="uvicorn")
+        while not self.server.started:
+            if self._serve_task.done():
+                self._serve_task.result()
+                raise StartupError("the HTTP server stopped during start-up")
+            await asyncio.sleep(0.01)
+        host, port = sock.getsockname()[:2]
+        url_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        url = f"http://{url_host}:{port}"
+        await self.discovery.register(
+            protocol.FRONTEND, {"url": url, "model": self.model.name, "pid": os.getpid()}
+        )
+        logger.info("serving %s at %s/v1 (%d worker(s) known)", self.model.name, url, len(workers))
+        return {"url": url, "model": self.model.name}
+
+    async def drain(self) -> None:
+        if self.discovery is not None:
+            await self.discovery.deregister(protocol.FRONTEND)
+        if self.server is not None and self._serve_task is not None:
+            self.server.should_exit = True  # stop accepting; finish in-flight responses
+            with contextlib.suppress(Exception):
+                await self._serve_task

@@ -1,0 +1,33 @@
+"""Start one role process: resolve its model, build the role, serve until stopped."""
+
+from __future__ import annotations
+
+from dynamo_cli.config.models import DynamoConfig
+from dynamo_cli.runtime.launcher import run_async
+from dynamo_cli.runtime.lifecycle import configure_logging
+
+
+def run_role(name: str, cfg: DynamoConfig, index: int = 0) -> int:
+    configure_logging(cfg.log_level, prefix=name)
+    from dynamo_cli.models.resolve import resolve_model
+    from dynamo_cli.roles.base import Role, serve_role
+
+    model = resolve_model(cfg.model, cfg.served_model_name)
+
+    async def main() -> int:
+        role: Role
+        if name == "worker":
+            from dynamo_cli.roles.worker import WorkerRole
+
+            role = WorkerRole(cfg, model, index)
+        elif name == "router":
+            from dynamo_cli.roles.router import RouterRole
+
+            role = RouterRole(cfg, index)
+        else:
+            from dynamo_cli.roles.frontend.role import FrontendRole
+
+            role = FrontendRole(cfg, model)
+        return await serve_role(role, cfg.supervisor.stop_timeout_s)
+
+    return run_async(main())

@@ -1,0 +1,120 @@
+"""The worker role: an engine behind a request-plane endpoint, announced in discovery.
+
+It takes token ids and streams token ids; it publishes its KV cache events and its load for routers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+from dynamo_cli.config.models import DynamoConfig
+from dynamo_cli.engines import create_engine
+from dynamo_cli.engines.base import Engine, KvEvent, LoadMetrics
+from dynamo_cli.models.resolve import ResolvedModel, read_model_info
+from dynamo_cli.roles.base import Role
+from dynamo_cli.runtime import protocol
+from dynamo_cli.runtime.messaging import Endpoint, RequestContext
+
+logger = logging.getLogger(__name__)
+
+LOAD_INTERVAL_S = 0.1
+
+
+class WorkerRole(Role):
+    def __init__(self, cfg: DynamoConfig, model: ResolvedModel, index: int = 0):
+        super().__init__(cfg)
+        self.name = f"worker-{index}"
+        self.model = model
+        self.index = index
+        self.engine: Engine | None = None
+        self.endpoint: Endpoint | None = None
+        self._events: list[KvEvent] = []
+        self._events_ready = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> dict[str, Any]:
+        await self.connect()
+        assert self.plane is not None and self.discovery is not None
+        info = read_model_info(self.model.path)
+        self.engine = create_engine(self.cfg, info, instance_seed=self.index)
+        await self.engine.start(on_kv_event=self._on_kv_event)
+        iid = self.discovery.instance_id
+        subject = protocol.endpoint_subject(self.cfg.namespace, protocol.WORKER, "generate", iid)
+        self.endpoint = await self.plane.serve(subject, self._generate)
+        self._tasks = [
+            asyncio.create_task(self._publish_events(), name="kv-events"),
+            asyncio.create_task(self._publish_load(), name="load"),
+        ]
+        await self.discovery.register(
+            protocol.WORKER,
+            {
+                "subject": subject,
+                "model": self.model.name,
+                "engine": self.cfg.engine,
+                "block_size": self.engine.block_size,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+            },
+        )
+        return {"instance": f"{iid:x}", "subject": subject}
+
+    async def _generate(self, data: bytes, ctx: RequestContext) -> AsyncIterator[bytes]:
+        assert self.engine is not None
+        request = protocol.decode_generate(data)
+        encode = protocol.encode_output
+        async for out in self.engine.generate(request):
+            yield encode(out)
+
+    # ---- what routers learn from us -----------------------------------------------------------------
+    def _on_kv_event(self, event: KvEvent) -> None:
+        self._events.append(event)
+        self._events_ready.set()
+
+    async def _publish_events(self) -> None:
+        assert self.plane is not None and self.discovery is not None
+        subject = protocol.kv_events_subject(self.cfg.namespace)
+        iid = self.discovery.instance_id
+        while True:
+            await self._events_ready.wait()
+            self._events_ready.clear()
+            batch, self._events = self._events, []
+            if batch:
+                await self.plane.publish(subject, protocol.encode_kv_events(iid, batch))
+
+    async def _publish_load(self) -> None:
+        assert self.plane is not None and self.discovery is not None and self.engine is not None
+        subject = protocol.load_subject(self.cfg.namespace)
+        iid = self.discovery.instance_id
+        last: LoadMetrics | None = None
+        while True:
+            load = self.engine.load()
+            if load != last:
+                await self.plane.publish(subject, protocol.encode_load(iid, load))
+                last = load
+            await asyncio.sleep(LOAD_INTERVAL_S)
+
+    # ---- stopping -------------------------------------------------------------------------------------
+    async def drain(self) -> None:
+        # Order: vanish from discovery (no new routes), refuse stragglers, finish in-flight work.
+        if self.discovery is not None:
+            await self.discovery.deregister(protocol.WORKER)
+        if self.endpoint is not None:
+            await self.endpoint.stop_accepting()
+            if self.endpoint.in_flight:
+                logger.info("draining %d in-flight request(s)", self.endpoint.in_flight)
+            await self.endpoint.drain(self.cfg.supervisor.stop_timeout_s)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.engine is not None:
+            with contextlib.suppress(Exception):
+                await self.engine.close()
+        await super().close()

@@ -1,0 +1,154 @@
+"""`dynamo run`: bring a whole deployment up on this machine, keep it up, take it down cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from rich.console import Console
+
+from dynamo_cli.config.models import DynamoConfig
+from dynamo_cli.console import emit_json
+from dynamo_cli.errors import StartupError
+from dynamo_cli.models.resolve import ResolvedModel, resolve_model
+from dynamo_cli.runtime.lifecycle import install_signal_handlers
+from dynamo_cli.runtime.servers import ServerPlan, etcd_version, nats_info, plan_etcd, plan_nats
+from dynamo_cli.runtime.supervisor import ProcessSpec, Supervisor
+
+
+def role_argv(role: str, config_path: Path, index: int = 0) -> list[str]:
+    return [sys.executable, "-m", "dynamo_cli", "role", role, str(config_path), "--index", str(index)]
+
+
+def _server_spec(plan: ServerPlan) -> ProcessSpec:
+    """etcd and NATS are chatty at start: show only their warnings and errors."""
+    if plan.name == "etcd":
+        probe = lambda: etcd_version(plan.url, timeout=0.2) is not None  # noqa: E731
+        show = lambda line: '"level":"error"' in line or '"level":"fatal"' in line or "panic" in line  # noqa: E731
+    else:
+        probe = lambda: nats_info(plan.url, timeout=0.2) is not None  # noqa: E731
+        show = lambda line: any(t in line for t in ("[ERR]", "[FTL]", "[WRN]"))  # noqa: E731
+    return ProcessSpec(plan.name, plan.argv, probe=probe, shim=True, show=show)
+
+
+def role_specs(cfg: DynamoConfig, config_path: Path) -> list[ProcessSpec]:
+    """Every role process of the deployment, in start order (stopped in reverse)."""
+    specs = [
+        ProcessSpec(f"worker-{i}", role_argv("worker", config_path, i), max_restarts=cfg.workers.max_restarts)
+        for i in range(cfg.workers.count)
+    ]
+    specs += [
+        ProcessSpec(f"router-{i}", role_argv("router", config_path, i)) for i in range(cfg.router.replicas)
+    ]
+    specs.append(ProcessSpec("frontend", role_argv("frontend", config_path)))
+    return specs
+
+
+async def _wait_healthy(url: str, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(timeout=2.0) as client:
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                r = await client.get(f"{url}/health")
+                if r.status_code == 200:
+                    return r.json()
+            if time.monotonic() > deadline:
+                raise StartupError(
+                    f"the frontend at {url} saw no worker within {timeout:g} s",
+                    hint="check the workers' lines above; `dynamo doctor` checks etcd and NATS",
+                )
+            await asyncio.sleep(0.02)
+
+
+class Launcher:
+    def __init__(self, cfg: DynamoConfig, console: Console, *, json_output: bool = False):
+        self.cfg = cfg
+        self.console = console
+        self.json_output = json_output
+        self.sup = Supervisor(console, stop_timeout=cfg.supervisor.stop_timeout_s)
+        self.workdir = Path(tempfile.mkdtemp(prefix="dynamo-run-"))
+        self.url: str | None = None
+
+    async def _start(self, t0: float) -> None:
+        cfg, con = self.cfg, self.console
+        with con.status("Preparing the model (first run converts the embedded one)..."):
+            model: ResolvedModel = await asyncio.to_thread(resolve_model, cfg.model, cfg.served_model_name)
+        plans = [plan_etcd(cfg.infra.etcd, self.workdir), plan_nats(cfg.infra.nats, self.workdir)]
+        spawned = [p for p in plans if p.spawn]
+        for p in plans:
+            con.print(f"{p.name}: {'spawning a local server at' if p.spawn else 'using'} {p.url}")
+        timeout = cfg.supervisor.ready_timeout_s
+        await asyncio.gather(*(self.sup.start(_server_spec(p), timeout=min(timeout, 30)) for p in spawned))
+        resolved = cfg.model_copy(deep=True)
+        resolved.infra.etcd, resolved.infra.nats = plans[0].url, plans[1].url
+        resolved.model, resolved.served_model_name = str(model.path), model.name
+        config_path = self.workdir / "config.yaml"
+        config_path.write_text(yaml.safe_dump(resolved.model_dump(mode="json"), sort_keys=False))
+        specs = role_specs(resolved, config_path)
+        with con.status(f"Starting {len(specs)} role process(es)..."):
+            children = await asyncio.gather(*(self.sup.start(s, timeout=timeout) for s in specs))
+            self.url = children[-1].ready_info.get("url")
+            assert self.url is not None
+            health = await _wait_healthy(self.url, timeout)
+        elapsed = time.perf_counter() - t0
+        con.print(
+            f"[bold green]Ready[/] in {elapsed:.2f} s: {self.url}/v1 serving [bold]{model.name}[/] "
+            f"with {health['workers']} worker(s),"
+            f" engine {cfg.engine}, router {cfg.router.mode}; Ctrl-C stops."
+        )
+        if self.json_output:
+            emit_json({"event": "ready", "url": self.url, "model": model.name, "ready_s": round(elapsed, 3)})
+
+    async def run(self) -> int:
+        t0 = time.perf_counter()
+        shutdown = install_signal_handlers(on_force=self._force)
+        starting = asyncio.create_task(self._start(t0), name="launcher-start")
+        stop = asyncio.create_task(shutdown.requested.wait(), name="launcher-stop")
+        try:
+            await asyncio.wait({starting, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if starting.done():
+                starting.result()  # start-up errors surface here
+                await self.sup.wait(shutdown.requested)
+            else:
+                starting.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await starting
+        finally:
+            stop.cancel()
+            if shutdown.requested.is_set():
+                self.console.print("Stopping (Ctrl-C again to force)...")
+            await self.sup.stop_all()
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        self.console.print("Stopped.")
+        return 130 if shutdown.signal == signal.SIGINT else 0
+
+    def _force(self) -> None:
+        self.sup.kill_all()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        os._exit(130)
+
+
+def run_deployment(cfg: DynamoConfig, console: Console, *, json_output: bool = False) -> int:
+    async def main() -> int:
+        return await Launcher(cfg, console, json_output=json_output).run()
+
+    return run_async(main())
+
+
+def run_async(coro: Any) -> Any:
+    try:
+        import uvloop
+
+        return uvloop.run(coro)
+    except ImportError:
+        return asyncio.run(coro)

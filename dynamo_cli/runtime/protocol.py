@@ -1,0 +1,107 @@
+"""What roles say to each other over the request plane: subjects and msgpack payloads."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+from dynamo_cli.engines.base import EngineOutput, EngineRequest, KvEvent, LoadMetrics, SamplingOptions
+
+WORKER = "worker"
+ROUTER = "router"
+FRONTEND = "frontend"
+
+_pack = msgpack.Packer(use_bin_type=True).pack
+
+
+def unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+def endpoint_subject(namespace: str, component: str, endpoint: str, instance_id: int) -> str:
+    return f"dyn.{namespace}.{component}.{endpoint}.{instance_id:x}"
+
+
+def kv_events_subject(namespace: str) -> str:
+    return f"dyn.{namespace}.kv_events"
+
+
+def load_subject(namespace: str) -> str:
+    return f"dyn.{namespace}.load"
+
+
+# ---- frontend -> worker: generate -----------------------------------------------------------------
+def encode_generate(req: EngineRequest) -> bytes:
+    s = req.sampling
+    return _pack(
+        {
+            "id": req.request_id,
+            "t": req.prompt_token_ids,
+            "max": s.max_tokens,
+            "temp": s.temperature,
+            "top_p": s.top_p,
+            "top_k": s.top_k,
+            "seed": s.seed,
+            "ign": s.ignore_eos,
+            "min": s.min_tokens,
+            "stop": s.stop_token_ids,
+        }
+    )
+
+
+def decode_generate(data: bytes) -> EngineRequest:
+    m = unpack(data)
+    return EngineRequest(
+        request_id=m["id"],
+        prompt_token_ids=m["t"],
+        sampling=SamplingOptions(
+            max_tokens=m["max"],
+            temperature=m["temp"],
+            top_p=m["top_p"],
+            top_k=m["top_k"],
+            seed=m["seed"],
+            ignore_eos=m["ign"],
+            min_tokens=m["min"],
+            stop_token_ids=m["stop"],
+        ),
+    )
+
+
+def encode_output(out: EngineOutput) -> bytes:
+    return _pack((out.token_ids, out.finish_reason, out.cached_tokens, out.error))
+
+
+def decode_output(data: bytes) -> EngineOutput:
+    ids, finish, cached, error = unpack(data)
+    return EngineOutput(ids, finish, cached, error)
+
+
+# ---- worker -> router: KV events and load -----------------------------------------------------------
+def encode_kv_events(worker_id: int, events: list[KvEvent]) -> bytes:
+    return _pack(
+        (worker_id, [(e.event_id, e.kind, e.block_hashes, e.parent_hash, e.token_ids) for e in events])
+    )
+
+
+def decode_kv_events(data: bytes) -> tuple[int, list[KvEvent]]:
+    worker_id, raw = unpack(data)
+    return worker_id, [KvEvent(eid, kind, hashes, parent, toks) for eid, kind, hashes, parent, toks in raw]
+
+
+def encode_load(worker_id: int, load: LoadMetrics) -> bytes:
+    return _pack((worker_id, load.running, load.waiting, load.active_blocks, load.total_blocks))
+
+
+def decode_load(data: bytes) -> tuple[int, LoadMetrics]:
+    worker_id, running, waiting, active, total = unpack(data)
+    return worker_id, LoadMetrics(running, waiting, active, total)
+
+
+# ---- frontend -> router: route ----------------------------------------------------------------------
+def encode_route(model: str, n_tokens: int, exclude: list[int]) -> bytes:
+    return _pack({"model": model, "n": n_tokens, "exclude": exclude})
+
+
+def decode_route(data: bytes) -> dict[str, Any]:
+    return unpack(data)

