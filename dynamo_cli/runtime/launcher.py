@@ -107,7 +107,17 @@ class Launcher:
             f" engine {cfg.engine}, router {cfg.router.mode}; Ctrl-C stops."
         )
         if self.json_output:
-            emit_json({"event": "ready", "url": self.url, "model": model.name, "ready_s": round(elapsed, 3)})
+            emit_json(
+                {
+                    "event": "ready",
+                    "url": self.url,
+                    "model": model.name,
+                    "ready_s": round(elapsed, 3),
+                    "etcd": plans[0].url,
+                    "nats": plans[1].url,
+                    "processes": {c.spec.name: c.pid for c in self.sup.children},
+                }
+            )
 
     async def run(self) -> int:
         t0 = time.perf_counter()

@@ -205,6 +205,8 @@ class _NatsEndpoint(Endpoint):
         nc = self._plane._nc
         self._subs.append(await nc.subscribe(self.subject, cb=self._on_request))
         self._subs.append(await nc.subscribe(self.subject + ".ctl", cb=self._on_ctl))
+        # The server must know our subscriptions before anyone is told (via discovery) to use them.
+        await nc.flush()
         self._keepalive_task = asyncio.create_task(self._keepalive(), name=f"keepalive:{self.subject}")
 
     async def _on_request(self, msg: Msg) -> None:

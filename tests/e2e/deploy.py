@@ -1,0 +1,119 @@
+"""Start `dynamo run` as a user would, and stop exactly what was started."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DYNAMO = [sys.executable, "-m", "dynamo_cli"]
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@dataclass
+class Deployment:
+    proc: subprocess.Popen[str]
+    log: Path
+    ready: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return self.ready["url"]
+
+    @property
+    def base_url(self) -> str:
+        return self.url + "/v1"
+
+    @property
+    def model(self) -> str:
+        return self.ready["model"]
+
+    def pid(self, name: str) -> int:
+        return int(self.ready["processes"][name])
+
+    def all_pids(self) -> list[int]:
+        return [int(p) for p in self.ready["processes"].values()]
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 40) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+
+    def kill(self) -> None:
+        """Last resort: SIGKILL the launcher and every process it reported starting."""
+        for pid in [self.proc.pid, *self.ready.get("processes", {}).values()]:
+            if pid and process_alive(int(pid)):
+                os.kill(int(pid), signal.SIGKILL)
+        self.proc.wait(10)
+
+
+def start(tmp: Path, *args: str, timeout: float = 90, env: dict[str, str] | None = None) -> Deployment:
+    """`dynamo run ... --json` with private etcd/NATS and a free port; returns once it is ready."""
+    log = tmp / f"dynamo-run-{time.monotonic_ns()}.log"
+    argv = [
+        *DYNAMO,
+        "run",
+        *args,
+        "--port",
+        "0",
+        "--json",
+        "--set",
+        "infra.etcd=spawn",
+        "--set",
+        "infra.nats=spawn",
+    ]
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+    dep = Deployment(proc, log)
+    box: dict[str, Any] = {}
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if event.get("event") == "ready":
+                box["ready"] = event
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if "ready" not in box:
+        if proc.poll() is None:
+            dep.kill()
+        raise RuntimeError(
+            f"dynamo run was not ready in {timeout} s (exit {proc.poll()}):\n{log.read_text()[-4000:]}"
+        )
+    dep.ready = box["ready"]
+    return dep

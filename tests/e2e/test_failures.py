@@ -1,0 +1,154 @@
+"""What happens when things go wrong: dead workers, dead roles, Ctrl-C, busy ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.e2e.deploy import DYNAMO, process_alive, start
+
+pytestmark = pytest.mark.e2e
+
+MESSAGES = [{"role": "user", "content": "Write a long story."}]
+
+
+def _wait(pred, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_killed_worker_fails_its_requests_and_others_carry_on(tmp_path: Path) -> None:
+    # speedup 1: 600 tokens take seconds, so requests are mid-stream when the worker dies.
+    dep = start(tmp_path, "agg", "--engine", "mocker", "--workers", "2", "--speedup", "1")
+    try:
+        client = openai.OpenAI(base_url=dep.base_url, api_key="x", max_retries=0, timeout=60)
+        started = [0]
+
+        def stream_one(_: int) -> str:
+            chunks = client.chat.completions.create(
+                model=dep.model,
+                messages=MESSAGES,
+                max_tokens=600,
+                stream=True,
+                extra_body={"ignore_eos": True},  # type: ignore[arg-type]
+            )
+            n = 0
+            try:
+                for c in chunks:
+                    if c.choices and c.choices[0].delta.content:
+                        n += 1
+                        if n == 1:
+                            started[0] += 1
+            except openai.APIError as e:
+                return f"error: {e.message}"
+            return f"ok {n}"
+
+        victim = dep.pid("worker-0")
+        with ThreadPoolExecutor(6) as pool:
+            futures = [pool.submit(stream_one, i) for i in range(6)]
+            _wait(lambda: started[0] == 6, 30, "all six streams to start")
+            os.kill(victim, signal.SIGKILL)
+            killed = time.monotonic()
+            results = [f.result(timeout=90) for f in futures]
+        errors = [r for r in results if r.startswith("error")]
+        oks = [r for r in results if r.startswith("ok")]
+        # Round-robin put three on each worker: the victim's three fail clearly, the others finish.
+        assert len(errors) == 3 and len(oks) == 3, results
+        assert all("failed mid-request" in e for e in errors), errors
+        assert time.monotonic() - killed < 60
+        # New requests keep working right away (the dead instance is skipped or retried elsewhere).
+        for _ in range(6):
+            r = client.chat.completions.create(model=dep.model, messages=MESSAGES, max_tokens=3)  # type: ignore[arg-type]
+            assert r.choices[0].finish_reason == "length"
+        # The launcher names the dead worker and restarts it.
+        _wait(lambda: "restarting worker-0 (1/3)" in dep.log_text(), 20, "the restart notice")
+        assert "worker-0 exited unexpectedly with signal SIGKILL" in dep.log_text()
+        _wait(
+            lambda: httpx.get(dep.url + "/health", timeout=5).json().get("workers") == 2,
+            30,
+            "two workers again",
+        )
+    finally:
+        code = dep.stop()
+    assert code == 130
+
+
+def test_ctrl_c_drains_and_leaves_no_process(tmp_path: Path) -> None:
+    dep = start(tmp_path, "agg", "--engine", "mocker", "--workers", "2", "--speedup", "1")
+    pids = dep.all_pids()
+    client = openai.OpenAI(base_url=dep.base_url, api_key="x", max_retries=0, timeout=60)
+    with ThreadPoolExecutor(1) as pool:
+        # In flight when Ctrl-C comes: it still completes (drain), then everything stops.
+        fut = pool.submit(
+            lambda: client.chat.completions.create(
+                model=dep.model, messages=MESSAGES, max_tokens=150, extra_body={"ignore_eos": True}
+            )  # type: ignore[arg-type]
+        )
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        code = dep.stop(signal.SIGINT)
+        r = fut.result(timeout=30)
+    assert code == 130
+    assert r.usage is not None and r.usage.completion_tokens == 150
+    assert time.monotonic() - t0 < 30
+    assert [p for p in pids if process_alive(p)] == []
+    assert "Stopped." in dep.log_text()
+
+
+def test_second_ctrl_c_forces(tmp_path: Path) -> None:
+    dep = start(tmp_path, "agg", "--engine", "mocker", "--workers", "1")
+    pids = dep.all_pids()
+    dep.proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    dep.proc.send_signal(signal.SIGINT)
+    assert dep.proc.wait(20) == 130
+    _wait(lambda: not any(process_alive(p) for p in pids), 10, "every child to be gone")
+
+
+def test_dead_frontend_shuts_the_deployment_down(tmp_path: Path) -> None:
+    dep = start(tmp_path, "agg", "--engine", "mocker", "--workers", "1")
+    pids = dep.all_pids()
+    os.kill(dep.pid("frontend"), signal.SIGKILL)
+    code = dep.proc.wait(60)
+    assert code == 1
+    log = dep.log_text()
+    assert "frontend exited unexpectedly with signal SIGKILL" in log
+    assert "error: frontend exited with signal SIGKILL" in log
+    _wait(lambda: not any(process_alive(p) for p in pids), 10, "every child to be gone")
+
+
+def test_busy_port_is_a_clear_startup_error(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        proc = subprocess.run(
+            [*DYNAMO, "run", "agg", "--engine", "mocker", "--port", str(port), "--set", "infra.etcd=spawn", "--set", "infra.nats=spawn"],
+            capture_output=True, text=True, timeout=90,
+        )  # fmt: skip
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr
+    assert "hint:" in proc.stderr
+
+
+def test_bad_profile_exits_2_without_starting_anything(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("workers:\n  count: many\n")
+    proc = subprocess.run([*DYNAMO, "run", str(bad)], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    assert str(bad) in proc.stderr and "workers.count" in proc.stderr
+    assert "spawning" not in proc.stderr
+    assert sys.executable  # the same interpreter runs the CLI

@@ -1,0 +1,98 @@
+"""Discovery on a real etcd: registration, watches, lease expiry after SIGKILL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from dynamo_cli.runtime.discovery import DiscoveryEvent, EtcdDiscovery
+
+pytestmark = pytest.mark.integration
+
+
+async def _next_event(queue: asyncio.Queue[DiscoveryEvent], timeout: float) -> DiscoveryEvent:
+    return await asyncio.wait_for(queue.get(), timeout)
+
+
+async def test_watch_sees_joins_and_leaves(etcd_url: str, namespace: str) -> None:
+    watcher = await EtcdDiscovery.connect(etcd_url, namespace, ttl=5)
+    first = await EtcdDiscovery.connect(etcd_url, namespace, ttl=5)
+    await first.register("worker", {"model": "m", "subject": "s1"})
+    events: asyncio.Queue[DiscoveryEvent] = asyncio.Queue()
+    snapshot = await watcher.watch("worker", events.put_nowait)
+    assert [(i.instance_id, i.data["subject"]) for i in snapshot] == [(first.instance_id, "s1")]
+
+    second = await EtcdDiscovery.connect(etcd_url, namespace, ttl=5)
+    await second.register("worker", {"model": "m", "subject": "s2"})
+    ev = await _next_event(events, 5)
+    assert (ev.kind, ev.instance.instance_id, ev.instance.data["subject"]) == (
+        "put",
+        second.instance_id,
+        "s2",
+    )
+
+    await second.deregister("worker")
+    ev = await _next_event(events, 5)
+    assert (ev.kind, ev.instance.instance_id) == ("delete", second.instance_id)
+
+    await first.close()  # revokes the lease: its key goes at once
+    ev = await _next_event(events, 5)
+    assert (ev.kind, ev.instance.instance_id) == ("delete", first.instance_id)
+    await second.close()
+    await watcher.close()
+
+
+async def test_components_and_namespaces_are_separate(etcd_url: str, namespace: str) -> None:
+    a = await EtcdDiscovery.connect(etcd_url, namespace, ttl=5)
+    b = await EtcdDiscovery.connect(etcd_url, namespace + "x", ttl=5)
+    await a.register("router", {"subject": "r"})
+    await b.register("worker", {"subject": "w"})
+    assert await a.watch("worker", lambda e: None) == []
+    assert [i.data["subject"] for i in await a.watch("router", lambda e: None)] == ["r"]
+    await a.close()
+    await b.close()
+
+
+_REGISTER_AND_HANG = """
+import asyncio, sys
+from dynamo_cli.runtime.discovery import EtcdDiscovery
+async def main():
+    d = await EtcdDiscovery.connect(sys.argv[1], sys.argv[2], ttl=2)
+    await d.register("worker", {"subject": "doomed"})
+    print(d.instance_id, flush=True)
+    await asyncio.sleep(3600)
+asyncio.run(main())
+"""
+
+
+async def test_sigkilled_process_vanishes_when_its_lease_expires(etcd_url: str, namespace: str) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _REGISTER_AND_HANG, etcd_url, namespace], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 20)  # type: ignore[union-attr]
+        instance_id = int(line)
+        watcher = await EtcdDiscovery.connect(etcd_url, namespace, ttl=5)
+        events: asyncio.Queue[DiscoveryEvent] = asyncio.Queue()
+        snapshot = await watcher.watch("worker", events.put_nowait)
+        assert [i.instance_id for i in snapshot] == [instance_id]
+        # Alive for several TTLs thanks to its keep-alive...
+        await asyncio.sleep(3.0)
+        assert events.empty(), "a live process lost its registration"
+        os.kill(proc.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        ev = await _next_event(events, 10)
+        gone_after = time.monotonic() - killed
+        assert (ev.kind, ev.instance.instance_id) == ("delete", instance_id)
+        assert gone_after < 5.0  # TTL 2 s, plus etcd's lease checking granularity
+        await watcher.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
