@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import codecs
 import json
+import logging
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from dynamo_cli.errors import StartupError, UsageError
+
+logger = logging.getLogger(__name__)
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -47,7 +50,7 @@ class TemplateError(UsageError):
 class ModelTokenizer:
     """Tokenizer, chat template and stop tokens of one model folder."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, *, fast_encode: bool = True):
         from tokenizers import Tokenizer
 
         self.folder = folder
@@ -87,6 +90,15 @@ class ModelTokenizer:
             for tid in [tok]
         }
         self._byte_table = self._build_byte_table()
+        self._fast = None
+        if fast_encode:
+            from dynamo_cli.models.fastbpe import FastBpe
+
+            spec = json.loads(self.tokenizer.to_str())
+            self._fast = FastBpe.build(
+                spec, lambda text: self.tokenizer.encode(text, add_special_tokens=False).ids
+            )
+        logger.debug("%s: fast encoder %s", folder.name, "on" if self._fast else "off")
 
     @staticmethod
     def _find_template(folder: Path, cfg: dict[str, Any]) -> str | None:
@@ -100,7 +112,13 @@ class ModelTokenizer:
         return template if isinstance(template, str) else None
 
     # ---- text -> ids ------------------------------------------------------------------------------
+    @property
+    def fast_encode(self) -> bool:
+        return self._fast is not None
+
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        if self._fast is not None and not add_special_tokens:
+            return self._fast.encode(text)
         return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
 
     def render_chat(

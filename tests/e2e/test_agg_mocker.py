@@ -13,8 +13,8 @@ import pytest
 from dynamo_cli.models.embedded import prepare_tokenizer_folder
 from dynamo_cli.models.tokenizer import ModelTokenizer
 from dynamo_cli.runtime import protocol
+from dynamo_cli.runtime.handle import Deployment, process_alive, start
 from dynamo_cli.runtime.messaging import NatsRequestPlane
-from tests.e2e.deploy import Deployment, process_alive, start
 
 pytestmark = pytest.mark.e2e
 

@@ -15,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from tests.e2e.deploy import DYNAMO, process_alive, start
+from dynamo_cli.runtime.handle import DYNAMO, process_alive, start
 
 pytestmark = pytest.mark.e2e
 

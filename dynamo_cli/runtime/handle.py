@@ -1,4 +1,6 @@
-"""Start `dynamo run` as a user would, and stop exactly what was started."""
+"""A `dynamo run` deployment started as a subprocess (tests, benchmarks, `dynamo bench --profile`).
+
+It is started exactly as a user would start it and stopped exactly as started."""
 
 from __future__ import annotations
 
