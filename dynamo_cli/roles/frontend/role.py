@@ -63,7 +63,7 @@ class FrontendRole(Role):
     async def start(self) -> dict[str, Any]:
         fcfg = self.cfg.frontend
         sock = bind_socket(fcfg.host, fcfg.port)  # first: a busy port fails fast, before any connection
-        tokenizer = await asyncio.to_thread(ModelTokenizer, self.model.path)
+        tokenizer = await asyncio.to_thread(ModelTokenizer, self.model.path, fast_encode=fcfg.fast_tokenizer)
         await self.connect()
         assert self.plane is not None and self.discovery is not None
         workers = InstanceSet()
