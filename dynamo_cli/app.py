@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
 
 from dynamo_cli import __version__
@@ -48,13 +47,17 @@ def main(argv: list[str] | None = None) -> None:
     except DynamoError as e:
         print_error(e.message, e.hint)
         sys.exit(e.exit_code)
-    except click.exceptions.Abort:
+    except typer.Abort:
         sys.exit(130)
-    except click.exceptions.Exit as e:
+    except typer.Exit as e:
         sys.exit(e.exit_code)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
+    except typer.TyperException as e:  # usage errors: unknown option, missing argument, bad value
+        show = getattr(e, "show", None)
+        if show is not None:
+            show()
+        else:
+            print_error(e.format_message(), None)
+        sys.exit(getattr(e, "exit_code", 2))
     except KeyboardInterrupt:
         sys.exit(130)
     sys.exit(rv if isinstance(rv, int) else 0)

@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 from rich.console import Console
+from rich.markup import escape
 
 _stderr: Console | None = None
 
@@ -25,6 +26,6 @@ def emit_json(obj: Any) -> None:
 
 def print_error(message: str, hint: str | None) -> None:
     con = err_console()
-    con.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    con.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     if hint:
-        con.print(f"[dim]hint:[/] {hint}", soft_wrap=True)
+        con.print(f"[dim]hint:[/] {escape(hint)}", soft_wrap=True)

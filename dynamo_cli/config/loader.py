@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -66,8 +67,30 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _parse_scalar(text: str) -> Any:
-    """'--set a.b=3' gives 3, 'true' gives True, '[1,2]' a list: YAML's reading of the value."""
+def _text_field(dotted: str) -> tuple[bool, bool]:
+    """(is the key a text field, may it be null) for a dotted path into DynamoConfig."""
+    model: Any = DynamoConfig
+    field = None
+    for key in dotted.split("."):
+        fields = getattr(model, "model_fields", None)
+        if not fields or key not in fields:
+            return False, False
+        field = fields[key]
+        model = field.annotation
+    if field is None:
+        return False, False
+    args = typing.get_args(field.annotation)
+    kinds = [a for a in args if a is not type(None)] if args else [field.annotation]
+    textual = all(k is str or typing.get_origin(k) is typing.Literal for k in kinds)
+    return textual, type(None) in args
+
+
+def _parse_value(text: str, dotted: str) -> Any:
+    """'--set a.b=3' gives 3, 'true' gives True, '[1,2]' a list (YAML's reading of the value), except
+    for text keys, which keep the text as typed (--set workers.gpus=0 is the string '0')."""
+    textual, nullable = _text_field(dotted)
+    if textual:
+        return None if nullable and text in ("null", "~", "") else text
     try:
         return yaml.safe_load(text) if text != "" else ""
     except yaml.YAMLError:
@@ -93,7 +116,7 @@ def parse_set(items: list[str]) -> list[tuple[str, Any]]:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set '{item}' is not key=value", hint="e.g. --set router.mode=random")
-        out.append((key.strip(), _parse_scalar(raw)))
+        out.append((key.strip(), _parse_value(raw, key.strip())))
     return out
 
 
@@ -105,7 +128,7 @@ def env_overrides(environ: Mapping[str, str]) -> list[tuple[str, Any]]:
     for name, raw in sorted(environ.items()):
         if name.startswith(ENV_PREFIX) and len(name) > len(ENV_PREFIX):
             key = ".".join(part.lower() for part in name[len(ENV_PREFIX) :].split("__"))
-            out.append((key, _parse_scalar(raw)))
+            out.append((key, _parse_value(raw, key)))
     return out
 
 

@@ -64,7 +64,8 @@ class FrontendConfig(_Model):
         2, ge=0, le=10, description="Other workers tried when one cannot take a request."
     )
     fast_tokenizer: bool = Field(
-        True, description="Encode byte-level BPE with tiktoken when it provably matches the model's tokenizer."
+        True,
+        description="Encode byte-level BPE with tiktoken when it provably matches the model's tokenizer.",
     )
 
 

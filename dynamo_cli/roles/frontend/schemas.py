@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 
 class OpenAIError(Exception):
@@ -69,13 +69,19 @@ class _Sampling(_Req):
             raise ValueError("stop sequences must not be empty")
         return stops
 
-    @model_validator(mode="after")
-    def _check(self):
-        if self.n != 1:
+    @field_validator("n")
+    @classmethod
+    def _one_choice(cls, v: int) -> int:
+        if v != 1:
             raise ValueError("only n=1 is supported")
-        if self.stream_options is not None and not self.stream:
+        return v
+
+    @field_validator("stream_options")
+    @classmethod
+    def _needs_stream(cls, v: StreamOptions | None, info: ValidationInfo) -> StreamOptions | None:
+        if v is not None and not info.data.get("stream"):
             raise ValueError("stream_options is only allowed with stream=true")
-        return self
+        return v
 
     @property
     def stop_list(self) -> list[str]:
@@ -129,8 +135,21 @@ class CompletionRequest(_Sampling):
 
 
 def validation_error(err: ValidationError) -> OpenAIError:
-    first = err.errors()[0]
-    param = ".".join(str(p) for p in first["loc"]) or None
+    errors = err.errors()
+    first = errors[0]
+    loc = tuple(first["loc"])
+    # A field with several accepted types reports one error per type, each with the type's name in
+    # its location: name the field itself (the locations' common prefix).
+    siblings = [tuple(e["loc"]) for e in errors if e["loc"][:1] == loc[:1]]
+    if len(siblings) > 1:
+        common = list(loc)
+        for other in siblings[1:]:
+            n = 0
+            while n < min(len(common), len(other)) and common[n] == other[n]:
+                n += 1
+            common = common[:n]
+        loc = tuple(common)
+    param = ".".join(str(p) for p in loc) or None
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "missing":
         msg = "field required"

@@ -1,0 +1,214 @@
+"""OpenAI request bodies: validation, normalisation, and errors in OpenAI's shape."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from dynamo_cli.roles.frontend.schemas import (
+    ChatCompletionRequest,
+    ChatMessage,
+    CompletionRequest,
+    OpenAIError,
+    validation_error,
+)
+
+USER = [{"role": "user", "content": "hi"}]
+
+
+def error_for(cls: type, **body: Any) -> OpenAIError:
+    with pytest.raises(ValidationError) as e:
+        cls(**body)
+    return validation_error(e.value)
+
+
+def chat_error(**body: Any) -> OpenAIError:
+    return error_for(ChatCompletionRequest, **{"model": "m", "messages": USER, **body})
+
+
+# ---- OpenAIError ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "type_"),
+    [(400, "invalid_request_error"), (404, "invalid_request_error"), (503, "service_unavailable"),
+     (500, "server_error"), (502, "server_error")],
+)  # fmt: skip
+def test_openai_error_type_follows_the_status(status: int, type_: str) -> None:
+    err = OpenAIError(status, "boom", param="p", code="c")
+    assert err.body() == {"error": {"message": "boom", "type": type_, "param": "p", "code": "c"}}
+
+
+def test_openai_error_explicit_type_wins() -> None:
+    assert OpenAIError(502, "x", type_="upstream").body()["error"]["type"] == "upstream"
+
+
+# ---- validation_error ----------------------------------------------------------------------------
+
+
+def test_bad_role_names_the_message_path() -> None:
+    err = error_for(ChatCompletionRequest, model="m", messages=[*USER, {"role": "robot", "content": "x"}])
+    assert err.status == 400
+    assert err.param == "messages.1.role"
+    assert err.message.startswith("messages.1.role: ")
+    assert "user" in err.message  # says what is allowed
+    assert err.body()["error"]["type"] == "invalid_request_error"
+
+
+def test_missing_field_says_field_required() -> None:
+    err = error_for(ChatCompletionRequest, messages=USER)
+    assert err.status == 400
+    assert err.param == "model"
+    assert err.message == "model: field required"
+
+
+def test_empty_messages_rejected() -> None:
+    err = chat_error(messages=[])
+    assert err.status == 400
+    assert err.param == "messages"
+
+
+def test_value_errors_lose_pydantics_prefix() -> None:
+    err = chat_error(stop=["a", ""])
+    assert err.param == "stop"
+    assert err.message == "stop: stop sequences must not be empty"
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"temperature": 2.5}, "temperature"),
+        ({"temperature": -0.1}, "temperature"),
+        ({"top_p": 0}, "top_p"),
+        ({"top_k": -2}, "top_k"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_completion_tokens": 0}, "max_completion_tokens"),
+        ({"min_tokens": -1}, "min_tokens"),
+    ],
+)
+def test_out_of_range_sampling_values_are_400_with_their_param(body: dict[str, Any], param: str) -> None:
+    err = chat_error(**body)
+    assert err.status == 400
+    assert err.param == param
+
+
+# ---- _Sampling rules ---------------------------------------------------------------------------------
+
+
+def test_n_other_than_1_is_rejected() -> None:
+    err = chat_error(n=2)
+    assert err.status == 400
+    assert "n=1" in err.message
+    assert ChatCompletionRequest(model="m", messages=USER, n=1).n == 1
+
+
+@pytest.mark.parametrize(
+    ("stop", "expected"),
+    [(None, []), ("END", ["END"]), (["a", "b"], ["a", "b"]), ([], [])],
+)
+def test_stop_is_normalised_to_a_list(stop: Any, expected: list[str]) -> None:
+    body = {} if stop is None else {"stop": stop}
+    req = ChatCompletionRequest(model="m", messages=USER, **body)
+    assert req.stop_list == expected
+
+
+@pytest.mark.parametrize("stop", ["", ["ok", ""]])
+def test_empty_stop_string_is_rejected(stop: Any) -> None:
+    assert chat_error(stop=stop).param == "stop"
+
+
+def test_at_most_16_stop_strings() -> None:
+    ChatCompletionRequest(model="m", messages=USER, stop=[str(i) for i in range(16)])
+    assert "16" in chat_error(stop=[str(i) for i in range(17)]).message
+
+
+def test_stream_options_without_stream_is_rejected() -> None:
+    err = chat_error(stream_options={"include_usage": True})
+    assert err.status == 400
+    assert "stream_options" in err.message
+    ok = ChatCompletionRequest(model="m", messages=USER, stream=True, stream_options={"include_usage": True})
+    assert ok.include_usage is True
+    assert ChatCompletionRequest(model="m", messages=USER, stream=True).include_usage is False
+
+
+def test_requested_max_tokens_prefers_max_completion_tokens() -> None:
+    assert ChatCompletionRequest(model="m", messages=USER).requested_max_tokens is None
+    assert ChatCompletionRequest(model="m", messages=USER, max_tokens=5).requested_max_tokens == 5
+    req = ChatCompletionRequest(model="m", messages=USER, max_tokens=5, max_completion_tokens=9)
+    assert req.requested_max_tokens == 9
+
+
+def test_unknown_fields_are_accepted_and_ignored() -> None:
+    req = ChatCompletionRequest(model="m", messages=USER, frequency_penalty=0.5, user="u-1")
+    assert req.stop_list == [] and req.n == 1
+
+
+# ---- chat messages -----------------------------------------------------------------------------------
+
+
+def test_text_content_parts_are_joined() -> None:
+    msg = ChatMessage(
+        role="user", content=[{"type": "text", "text": "héllo "}, {"type": "text", "text": "你好"}]
+    )
+    assert msg.text() == "héllo 你好"
+
+
+def test_plain_and_missing_content() -> None:
+    assert ChatMessage(role="assistant", content="x").text() == "x"
+    assert ChatMessage(role="assistant", content=None).text() == ""
+    assert ChatMessage(role="assistant").text() == ""
+
+
+def test_image_content_parts_are_rejected_by_text() -> None:
+    msg = ChatMessage(
+        role="user",
+        content=[{"type": "text", "text": "what is this?"}, {"type": "image_url", "image_url": {"url": "x"}}],
+    )
+    with pytest.raises(ValueError, match="image_url"):
+        msg.text()
+
+
+def test_all_openai_roles_are_accepted() -> None:
+    for role in ("system", "user", "assistant", "tool", "developer"):
+        assert ChatMessage(role=role, content="x").role == role
+
+
+# ---- completions -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("prompt", "expected"),
+    [("hello", "hello"), (["hello"], "hello"), ([1, 2, 3], [1, 2, 3]), ([[1, 2, 3]], [1, 2, 3])],
+)
+def test_one_prompt_is_accepted_in_every_shape(prompt: Any, expected: Any) -> None:
+    assert CompletionRequest(model="m", prompt=prompt).prompt == expected
+
+
+@pytest.mark.parametrize("prompt", [["a", "b"], [[1], [2]]])
+def test_two_prompts_are_rejected(prompt: Any) -> None:
+    err = error_for(CompletionRequest, model="m", prompt=prompt)
+    assert err.status == 400
+    assert err.param == "prompt"
+    assert "one prompt" in err.message
+
+
+@pytest.mark.parametrize("prompt", [[], [[]]])
+def test_empty_prompt_list_is_rejected(prompt: Any) -> None:
+    err = error_for(CompletionRequest, model="m", prompt=prompt)
+    assert err.param == "prompt"
+    assert "empty" in err.message
+
+
+def test_completion_defaults() -> None:
+    req = CompletionRequest(model="m", prompt="x")
+    assert req.max_tokens == 16
+    assert req.echo is False
+    assert req.requested_max_tokens == 16
+
+
+def test_a_wrongly_typed_prompt_names_the_prompt_field() -> None:
+    err = error_for(CompletionRequest, model="m", prompt=[1, "a"])
+    assert err.status == 400
+    assert err.param == "prompt"
