@@ -15,31 +15,17 @@ import statistics
 import tempfile
 from pathlib import Path
 
-import orjson
-
 from benchmarks.loadgen import cpu_seconds, pct, run_load
-from benchmarks.workload import chat
+from benchmarks.workload import chat, free_engine_deployment, streaming_chat_body
 from dynamo_cli.models.embedded import prepare_tokenizer_folder
 from dynamo_cli.models.tokenizer import ModelTokenizer
-from dynamo_cli.runtime.handle import start
 
 
 def bodies(model: str, n: int, prompt_words: int, max_tokens: int) -> tuple[list[bytes], float]:
     tok = ModelTokenizer(prepare_tokenizer_folder())
-    out, lengths = [], []
-    for i in range(n):
-        messages = chat(i, prompt_words)
-        lengths.append(len(tok.encode_chat(messages)))
-        body = {
-            "model": model,
-            "messages": messages,
-            "max_tokens": max_tokens,
-            "stream": True,
-            "ignore_eos": True,
-            "temperature": 0,
-        }
-        out.append(orjson.dumps(body))
-    return out, statistics.mean(lengths)
+    conversations = [chat(i, prompt_words) for i in range(n)]
+    mean_len = statistics.mean(len(tok.encode_chat(m)) for m in conversations)
+    return [streaming_chat_body(model, m, max_tokens) for m in conversations], mean_len
 
 
 def main() -> None:
@@ -52,18 +38,7 @@ def main() -> None:
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        dep = start(
-            Path(tmp),
-            "agg",
-            "--engine",
-            "mocker",
-            "--workers",
-            str(args.workers),
-            "--speedup",
-            "1000",
-            "--set",
-            "log_level=warning",
-        )
+        dep = free_engine_deployment(Path(tmp), args.workers)
         try:
             reqs, mean_len = bodies(dep.model, 64, args.prompt_words, args.max_tokens)
             print(

@@ -17,16 +17,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import orjson
-
 from benchmarks.loadgen import pct, run_load
-from benchmarks.workload import chat
+from benchmarks.workload import chat, free_engine_deployment, streaming_chat_body
 from dynamo_cli.engines.base import EngineRequest, SamplingOptions
 from dynamo_cli.models.embedded import prepare_tokenizer_folder
 from dynamo_cli.models.tokenizer import ModelTokenizer
 from dynamo_cli.runtime import protocol
 from dynamo_cli.runtime.discovery import EtcdDiscovery
-from dynamo_cli.runtime.handle import start
 from dynamo_cli.runtime.messaging import NatsRequestPlane
 
 
@@ -62,33 +59,10 @@ def main() -> None:
     args = ap.parse_args()
     tok = ModelTokenizer(prepare_tokenizer_folder())
     with tempfile.TemporaryDirectory() as tmp:
-        dep = start(
-            Path(tmp),
-            "agg",
-            "--engine",
-            "mocker",
-            "--workers",
-            "1",
-            "--speedup",
-            "1000",
-            "--set",
-            "log_level=warning",
-        )
+        dep = free_engine_deployment(Path(tmp), 1)
         try:
             convs = [chat(10_000 + i, args.prompt_words) for i in range(args.requests)]
-            bodies = [
-                orjson.dumps(
-                    {
-                        "model": dep.model,
-                        "messages": m,
-                        "max_tokens": args.max_tokens,
-                        "stream": True,
-                        "ignore_eos": True,
-                        "temperature": 0,
-                    }
-                )
-                for m in convs
-            ]
+            bodies = [streaming_chat_body(dep.model, m, args.max_tokens) for m in convs]
             prompts = [tok.encode_chat(m) for m in convs]
             # Interleave the two paths in rounds so both see the same machine state.
             http_ms: list[float] = []

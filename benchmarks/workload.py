@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
+
+import orjson
+
+from dynamo_cli.runtime.handle import Deployment, start
 
 _WORDS = (
     "the of and to in is that for it as was with be by on not he this are or his from at which "
@@ -28,3 +33,17 @@ def chat(seed: int, prompt_words: int, turns: int = 3) -> list[dict[str, str]]:
         messages.append({"role": "assistant", "content": text(rng, per)})
     messages[-1] = {"role": "user", "content": messages[-1]["content"]}
     return messages
+
+
+def streaming_chat_body(model: str, messages: list[dict[str, str]], max_tokens: int) -> bytes:
+    """A streaming chat request that always generates exactly ``max_tokens`` (greedy, EOS ignored)."""
+    return orjson.dumps(
+        {"model": model, "messages": messages, "max_tokens": max_tokens, "stream": True,
+         "ignore_eos": True, "temperature": 0}
+    )  # fmt: skip
+
+
+def free_engine_deployment(tmp: Path, workers: int) -> Deployment:
+    """`dynamo run agg` with mocker workers at speedup 1000 (the engine costs next to nothing)."""
+    return start(tmp, "agg", "--engine", "mocker", "--workers", str(workers), "--speedup", "1000",
+                 "--set", "log_level=warning")  # fmt: skip
