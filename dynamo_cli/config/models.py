@@ -13,7 +13,7 @@ class _Model(BaseModel):
 
 
 EngineName = Literal["mocker", "vllm"]
-RouterMode = Literal["round-robin", "random"]
+RouterMode = Literal["kv", "round-robin", "random", "least-loaded"]
 
 _GPU_LIST = re.compile(r"^\s*\d+(\s*-\s*\d+)?(\s*,\s*\d+(\s*-\s*\d+)?)*\s*$")
 
@@ -74,7 +74,19 @@ class RouterConfig(_Model):
     replicas: int = Field(
         1, ge=0, le=64, description="Router processes; 0 embeds the router in the frontend."
     )
-    seed: int | None = Field(None, description="Seed for the random policy (tests).")
+    seed: int | None = Field(None, description="Seed for random choices (tests).")
+    overlap_weight: float = Field(
+        1.0, ge=0.0, description="kv mode: weight of prefill work against decode load in the cost."
+    )
+    temperature: float = Field(
+        0.0, ge=0.0, description="kv mode: 0 picks the cheapest worker; > 0 samples (softmax over cost)."
+    )
+    kv_events: bool = Field(
+        True,
+        description="Workers publish KV cache events. Off: the router guesses what workers cache from "
+        "its own decisions (approximate mode, with a warning).",
+    )
+    approx_ttl_s: float = Field(120.0, gt=0, description="Approximate mode: how long a routed prefix counts.")
 
 
 class WorkerGroupConfig(_Model):
@@ -144,3 +156,10 @@ class DynamoConfig(_Model):
     mocker: MockerConfig = Field(default_factory=MockerConfig)
     vllm: VllmConfig = Field(default_factory=VllmConfig)
     supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
+
+    @property
+    def kv_block_size(self) -> int:
+        """The engine's KV block size: what block hashes are computed over."""
+        if self.engine == "mocker":
+            return self.mocker.block_size
+        return self.vllm.block_size or 16

@@ -102,3 +102,8 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Stop the engine; in-flight streams end with finish_reason "abort"."""
+
+    def kv_state(self) -> tuple[list[int], int] | None:
+        """Every cached block's sequence hash and the id of the last KV event emitted, for a router
+        that lost track (a gap in event ids). None: this engine cannot tell."""
+        return None

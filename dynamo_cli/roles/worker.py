@@ -13,9 +13,12 @@ import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgpack
+
 from dynamo_cli.config.models import DynamoConfig
 from dynamo_cli.engines import create_engine
 from dynamo_cli.engines.base import Engine, KvEvent, LoadMetrics
+from dynamo_cli.errors import RemoteError
 from dynamo_cli.models.resolve import ResolvedModel, read_model_info
 from dynamo_cli.roles.base import Role
 from dynamo_cli.runtime import protocol
@@ -34,6 +37,7 @@ class WorkerRole(Role):
         self.index = index
         self.engine: Engine | None = None
         self.endpoint: Endpoint | None = None
+        self.state_endpoint: Endpoint | None = None
         self._events: list[KvEvent] = []
         self._events_ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -43,10 +47,13 @@ class WorkerRole(Role):
         assert self.plane is not None and self.discovery is not None
         info = read_model_info(self.model.path)
         self.engine = create_engine(self.cfg, info, instance_seed=self.index)
-        await self.engine.start(on_kv_event=self._on_kv_event)
+        publish_events = self.cfg.router.kv_events
+        await self.engine.start(on_kv_event=self._on_kv_event if publish_events else None)
         iid = self.discovery.instance_id
         subject = protocol.endpoint_subject(self.cfg.namespace, protocol.WORKER, "generate", iid)
         self.endpoint = await self.plane.serve(subject, self._generate)
+        state_subject = protocol.endpoint_subject(self.cfg.namespace, protocol.WORKER, "kv_state", iid)
+        self.state_endpoint = await self.plane.serve(state_subject, self._kv_state)
         self._tasks = [
             asyncio.create_task(self._publish_events(), name="kv-events"),
             asyncio.create_task(self._publish_load(), name="load"),
@@ -58,6 +65,7 @@ class WorkerRole(Role):
                 "model": self.model.name,
                 "engine": self.cfg.engine,
                 "block_size": self.engine.block_size,
+                "kv_events": publish_events,
                 "host": socket.gethostname(),
                 "pid": os.getpid(),
             },
@@ -70,6 +78,14 @@ class WorkerRole(Role):
         encode = protocol.encode_output
         async for out in self.engine.generate(request):
             yield encode(out)
+
+    async def _kv_state(self, data: bytes, ctx: RequestContext) -> AsyncIterator[bytes]:
+        """Everything we cache, for a router that saw a gap in our event ids."""
+        assert self.engine is not None
+        state = self.engine.kv_state()
+        if state is None:
+            raise RemoteError("this engine cannot report its KV state", "unsupported")
+        yield msgpack.packb(state)
 
     # ---- what routers learn from us -----------------------------------------------------------------
     def _on_kv_event(self, event: KvEvent) -> None:

@@ -114,17 +114,31 @@ class _NatsStream(ResponseStream):
         "_ctl",
         "_done",
         "_idle",
+        "_payload",
         "_plane",
         "_queue",
+        "_republished",
+        "_subject",
         "accepted",
         "last_seen",
         "reply",
     )
 
-    def __init__(self, plane: NatsRequestPlane, reply: str, ctl: str, accept_timeout: float, idle: float):
+    def __init__(
+        self,
+        plane: NatsRequestPlane,
+        subject: str,
+        payload: bytes,
+        reply: str,
+        accept_timeout: float,
+        idle: float,
+    ):
         self._plane = plane
+        self._subject = subject
+        self._payload = payload
+        self._republished = False
         self.reply = reply
-        self._ctl = ctl
+        self._ctl = subject + ".ctl"
         self._queue: asyncio.Queue[bytes | BaseException] = asyncio.Queue()
         self.accepted = False
         now = time.monotonic()
@@ -157,6 +171,13 @@ class _NatsStream(ResponseStream):
         try:
             while True:
                 item = await self._queue.get()
+                if isinstance(item, NoRespondersError) and not self._republished:
+                    # Seen rarely right after a subscription was made on another connection: ask once
+                    # more before concluding that nobody listens (a dead instance costs 50 ms more).
+                    self._republished = True
+                    await asyncio.sleep(0.05)
+                    await self._plane._nc.publish(self._subject, self._payload, reply=self.reply)
+                    continue
                 if isinstance(item, BaseException):
                     raise item
                 kind = item[:1]
@@ -347,7 +368,7 @@ class NatsRequestPlane(RequestPlane):
     ) -> ResponseStream:
         await self._ensure_inbox()
         reply = f"{self._inbox_prefix}{next(self._seq)}"
-        stream = _NatsStream(self, reply, subject + ".ctl", accept_timeout, idle_timeout)
+        stream = _NatsStream(self, subject, payload, reply, accept_timeout, idle_timeout)
         self._streams[reply] = stream
         try:
             await self._nc.publish(subject, payload, reply=reply)

@@ -98,9 +98,22 @@ def decode_load(data: bytes) -> tuple[int, LoadMetrics]:
     return worker_id, LoadMetrics(running, waiting, active, total)
 
 
-# ---- frontend -> router: route ----------------------------------------------------------------------
-def encode_route(model: str, n_tokens: int, exclude: list[int]) -> bytes:
-    return _pack({"model": model, "n": n_tokens, "exclude": exclude})
+# ---- frontend -> router: route, and what became of the request -------------------------------------
+FIRST_TOKEN, COMPLETE = 1, 2
+
+
+def encode_route(
+    model: str, n_tokens: int, exclude: list[int], request_id: str = "", hashes: list[int] | None = None
+) -> bytes:
+    return _pack({"model": model, "n": n_tokens, "exclude": exclude, "rid": request_id, "h": hashes or []})
+
+
+def lifecycle_subject(namespace: str) -> str:
+    return f"dyn.{namespace}.router.lifecycle"
+
+
+def decisions_subject(namespace: str) -> str:
+    return f"dyn.{namespace}.router.decisions"
 
 
 def decode_route(data: bytes) -> dict[str, Any]:

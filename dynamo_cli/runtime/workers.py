@@ -50,6 +50,12 @@ class InstanceSet:
             if (model is None or inst.data.get("model") == model) and i not in self._suspect
         ]
 
+    def suspected(self) -> list[int]:
+        if not self._suspect:
+            return []
+        now = time.monotonic()
+        return [k for k, until in self._suspect.items() if until > now]
+
     def suspect(self, instance_id: int, for_s: float) -> None:
         """Skip an instance that failed to answer until discovery confirms it (or ``for_s`` passes)."""
         self._suspect[instance_id] = time.monotonic() + for_s

@@ -175,6 +175,9 @@ class MockerEngine(Engine):
             task.cancel()
             await asyncio.wait([task])
 
+    def kv_state(self) -> tuple[list[int], int] | None:
+        return self._pool.cached_hashes(), self._pool.last_event_id
+
     def reset_prefix_cache(self) -> None:
         """Forget every cached block (emits a "cleared" KV event)."""
         self._pool.clear()

@@ -69,6 +69,14 @@ class BlockPool:
 
     # -- counts ---------------------------------------------------------------------------------
 
+    def cached_hashes(self) -> list[int]:
+        """Sequence hashes of every block the prefix cache holds."""
+        return list(self._cached)
+
+    @property
+    def last_event_id(self) -> int:
+        return self._next_event_id - 1
+
     @property
     def total(self) -> int:
         return self.num_blocks

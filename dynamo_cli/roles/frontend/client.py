@@ -14,12 +14,14 @@ from dataclasses import dataclass
 
 import msgpack
 
-from dynamo_cli.config.models import FrontendConfig
+from dynamo_cli.config.models import DynamoConfig
 from dynamo_cli.engines.base import EngineOutput, EngineRequest
 from dynamo_cli.errors import NoRespondersError, RemoteError, RequestError, RequestTimeoutError
-from dynamo_cli.routing.policies import NoWorkersError, Policy
+from dynamo_cli.kv.hashing import sequence_block_hashes
+from dynamo_cli.routing.policies import NoWorkersError
 from dynamo_cli.runtime import protocol
 from dynamo_cli.runtime.messaging import RequestPlane
+from dynamo_cli.runtime.routing_service import RoutingService
 from dynamo_cli.runtime.workers import InstanceSet
 
 logger = logging.getLogger(__name__)
@@ -39,66 +41,88 @@ class WorkerClient:
     def __init__(
         self,
         plane: RequestPlane,
-        cfg: FrontendConfig,
+        cfg: DynamoConfig,
         workers: InstanceSet,
-        policy: Policy,
-        routers: InstanceSet | None,
-        suspect_s: float,
+        *,
+        service: RoutingService | None = None,
+        routers: InstanceSet | None = None,
     ):
         self.plane = plane
         self.cfg = cfg
+        self.fcfg = cfg.frontend
         self.workers = workers
-        self.policy = policy
+        self.service = service  # embedded router (router.replicas: 0)
         self.routers = routers
         self._router_rr = itertools.count()
-        self._suspect_s = suspect_s
+        self._suspect_s = float(cfg.infra.lease_ttl_s)
+        self._hashes = cfg.router.mode == "kv"
+        self._tracks_load = cfg.router.mode in ("kv", "least-loaded")
+        self._lifecycle = protocol.lifecycle_subject(cfg.namespace)
         self.on_retry: Callable[[], None] | None = None
 
-    async def _route(self, model: str, n_tokens: int, exclude: list[int]) -> Attempt:
-        if self.routers is not None and (router_ids := self.routers.ids()):
-            rid = router_ids[next(self._router_rr) % len(router_ids)]
+    async def _route(
+        self, model: str, request: EngineRequest, hashes: list[int], exclude: list[int]
+    ) -> Attempt:
+        n = len(request.prompt_token_ids)
+        avoid = exclude + self.workers.suspected()
+        if self.service is not None:
+            iid, subject, _ = self.service.route(model, n, hashes, avoid, request.request_id)
+            return Attempt(iid, subject)
+        assert self.routers is not None
+        router_ids = self.routers.ids()
+        if not router_ids:
+            raise NoWorkersError("no router is available (is the router role running?)")
+        for k in range(len(router_ids)):
+            rid = router_ids[(next(self._router_rr) + k) % len(router_ids)]
             router = self.routers.get(rid)
-            if router is not None:
-                try:
-                    stream = await self.plane.request(
-                        router.data["subject"],
-                        protocol.encode_route(model, n_tokens, exclude),
-                        accept_timeout=self.cfg.first_response_timeout_s,
-                        idle_timeout=self.cfg.first_response_timeout_s,
-                    )
-                    async for chunk in stream:
-                        iid, subject = msgpack.unpackb(chunk)
-                        return Attempt(iid, subject)
-                except RemoteError as e:
-                    if e.code == "no_workers":
-                        raise NoWorkersError(str(e)) from e
-                    logger.warning("router %x failed (%s); routing locally", rid, e)
-                except RequestError as e:
-                    self.routers.suspect(rid, self._suspect_s)
-                    logger.warning("router %x unreachable (%s); routing locally", rid, e)
-        iid = self.policy.choose(self.workers.ids(model), exclude)
-        inst = self.workers.get(iid)
-        assert inst is not None
-        return Attempt(iid, inst.data["subject"])
+            if router is None:
+                continue
+            try:
+                stream = await self.plane.request(
+                    router.data["subject"],
+                    protocol.encode_route(model, n, avoid, request.request_id, hashes),
+                    accept_timeout=self.fcfg.first_response_timeout_s,
+                    idle_timeout=self.fcfg.first_response_timeout_s,
+                )
+                async for chunk in stream:
+                    iid, subject, _overlap = msgpack.unpackb(chunk)
+                    return Attempt(iid, subject)
+            except RemoteError as e:
+                if e.code == "no_workers":
+                    raise NoWorkersError(str(e)) from e
+                logger.warning("router %x failed (%s); trying another", rid, e)
+            except RequestError as e:
+                self.routers.suspect(rid, self._suspect_s)
+                logger.warning("router %x unreachable (%s); trying another", rid, e)
+        raise NoWorkersError("no router answered")
+
+    async def _tell_routers(self, request_id: str, kind: int) -> None:
+        if self._tracks_load:
+            await self.plane.publish(self._lifecycle, msgpack.packb((request_id, kind)))
 
     async def generate(self, model: str, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
         payload = protocol.encode_generate(request)
         decode = protocol.decode_output
+        hashes = (
+            sequence_block_hashes(request.prompt_token_ids, self.cfg.kv_block_size) if self._hashes else []
+        )
         exclude: list[int] = []
-        for attempt_no in range(self.cfg.max_retries + 1):
-            attempt = await self._route(model, len(request.prompt_token_ids), exclude)
+        for attempt_no in range(self.fcfg.max_retries + 1):
+            attempt = await self._route(model, request, hashes, exclude)
             produced = False
             finished = False
             stream = await self.plane.request(
                 attempt.subject,
                 payload,
-                accept_timeout=self.cfg.first_response_timeout_s,
-                idle_timeout=self.cfg.stream_idle_timeout_s,
+                accept_timeout=self.fcfg.first_response_timeout_s,
+                idle_timeout=self.fcfg.stream_idle_timeout_s,
             )
             try:
                 async for chunk in stream:
                     out = decode(chunk)
-                    produced = True
+                    if not produced and out.token_ids:
+                        await self._tell_routers(request.request_id, protocol.FIRST_TOKEN)
+                    produced = produced or bool(out.token_ids)
                     if out.finish_reason is not None:
                         finished = True
                     yield out
@@ -117,7 +141,7 @@ class WorkerClient:
                     raise WorkerFailure(f"worker {attempt.instance_id:x} failed mid-request: {e}") from e
                 logger.warning(
                     "worker %x could not take request %s (%s); trying another (%d/%d)",
-                    attempt.instance_id, request.request_id, e, attempt_no + 1, self.cfg.max_retries,
+                    attempt.instance_id, request.request_id, e, attempt_no + 1, self.fcfg.max_retries,
                 )  # fmt: skip
                 exclude.append(attempt.instance_id)
                 if self.on_retry is not None:
@@ -125,4 +149,5 @@ class WorkerClient:
             finally:
                 if not finished:
                     await stream.cancel()
-        raise NoWorkersError(f"no worker could take the request after {self.cfg.max_retries + 1} attempts")
+                await self._tell_routers(request.request_id, protocol.COMPLETE)
+        raise NoWorkersError(f"no worker could take the request after {self.fcfg.max_retries + 1} attempts")

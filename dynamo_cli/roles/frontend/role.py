@@ -20,8 +20,8 @@ from dynamo_cli.roles.base import Role
 from dynamo_cli.roles.frontend.client import WorkerClient
 from dynamo_cli.roles.frontend.metrics import FrontendMetrics
 from dynamo_cli.roles.frontend.server import FrontendState, build_app
-from dynamo_cli.routing.policies import make_policy
 from dynamo_cli.runtime import protocol
+from dynamo_cli.runtime.routing_service import RoutingService
 from dynamo_cli.runtime.workers import InstanceSet
 
 logger = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ class FrontendRole(Role):
         self.name = "frontend"
         self.model = model
         self.server: _Server | None = None
+        self.service: RoutingService | None = None
         self._serve_task: asyncio.Task[None] | None = None
 
     async def start(self) -> dict[str, Any]:
@@ -66,23 +67,23 @@ class FrontendRole(Role):
         tokenizer = await asyncio.to_thread(ModelTokenizer, self.model.path, fast_encode=fcfg.fast_tokenizer)
         await self.connect()
         assert self.plane is not None and self.discovery is not None
-        workers = InstanceSet()
-        workers.reset(await self.discovery.watch(protocol.WORKER, workers.on_event))
+        self.service = None
         routers = None
-        if self.cfg.router.replicas > 0:
+        if self.cfg.router.replicas == 0:  # the router lives in this process
+            self.service = RoutingService(
+                self.cfg, self.plane, self.discovery, origin=self.discovery.instance_id
+            )
+            await self.service.start()
+            workers = self.service.workers
+        else:
+            workers = InstanceSet()
+            workers.reset(await self.discovery.watch(protocol.WORKER, workers.on_event))
             routers = InstanceSet()
             routers.reset(await self.discovery.watch(protocol.ROUTER, routers.on_event))
         metrics = FrontendMetrics(self.model.name)
-        client = WorkerClient(
-            self.plane,
-            fcfg,
-            workers,
-            make_policy(self.cfg.router.mode, self.cfg.router.seed),
-            routers,
-            suspect_s=float(self.cfg.infra.lease_ttl_s),
-        )
+        client = WorkerClient(self.plane, self.cfg, workers, service=self.service, routers=routers)
         client.on_retry = metrics.retries.inc
-        state = FrontendState(self.model.name, tokenizer, client, workers, metrics)
+        state = FrontendState(self.model.name, tokenizer, client, workers, metrics, self.service)
         config = uvicorn.Config(
             build_app(state),
             log_level="warning",
@@ -115,3 +116,8 @@ class FrontendRole(Role):
             self.server.should_exit = True  # stop accepting; finish in-flight responses
             with contextlib.suppress(Exception):
                 await self._serve_task
+
+    async def close(self) -> None:
+        if self.service is not None:
+            await self.service.close()
+        await super().close()

@@ -31,6 +31,7 @@ from dynamo_cli.roles.frontend.schemas import (
     validation_error,
 )
 from dynamo_cli.routing.policies import NoWorkersError
+from dynamo_cli.runtime.routing_service import RoutingService
 from dynamo_cli.runtime.workers import InstanceSet
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class FrontendState:
     client: WorkerClient
     workers: InstanceSet
     metrics: FrontendMetrics
+    routing: RoutingService | None = None  # the embedded router, if any
 
 
 def json_response(body: Any, status: int = 200) -> Response:
@@ -304,7 +306,11 @@ class Api:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         self.s.metrics.workers.set(self.s.workers.models().get(self.s.model, 0))
-        return Response(generate_latest(self.s.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        body = generate_latest(self.s.metrics.registry)
+        if self.s.routing is not None:  # embedded router: its metrics are ours
+            self.s.routing.metrics.indexed_blocks.set(len(self.s.routing.core.index))
+            body += generate_latest(self.s.routing.metrics.registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
 def build_app(state: FrontendState) -> FastAPI:
