@@ -153,6 +153,8 @@ class KvRouter:
     def on_routed(
         self, request_id: str, decision: Decision, block_hashes: Sequence[int], now: float = 0.0
     ) -> None:
+        if request_id in self._requests:  # the same id routed again: release the earlier one first
+            self.on_complete(request_id)
         w = self._workers.setdefault(decision.worker, _Worker())
         prefill = decision.request_blocks - decision.overlap_blocks
         self._requests[request_id] = _Tracked(decision.worker, prefill, decision.request_blocks)

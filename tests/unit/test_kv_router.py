@@ -112,6 +112,18 @@ def test_prefill_is_released_at_first_token_and_the_rest_at_completion() -> None
     assert r.in_flight(1) == (0, 0)
 
 
+def test_routing_an_id_again_releases_its_earlier_load() -> None:
+    r = KvRouter(BS)
+    r.add_worker(1)
+    r.add_worker(2)
+    hashes = sequence_block_hashes(list(range(40)), BS)
+    first = r.select([1], hashes, 40)
+    r.on_routed("a", first, hashes)
+    second = r.select([2], hashes, 40)
+    r.on_routed("a", second, hashes)
+    assert r.in_flight(1) == (0, 0) and r.in_flight(2) == (10, 10)
+
+
 def test_ties_are_broken_at_random_and_temperature_samples() -> None:
     r = KvRouter(BS, seed=7)
     for w in (1, 2, 3):

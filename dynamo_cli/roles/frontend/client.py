@@ -61,12 +61,12 @@ class WorkerClient:
         self.on_retry: Callable[[], None] | None = None
 
     async def _route(
-        self, model: str, request: EngineRequest, hashes: list[int], exclude: list[int]
+        self, model: str, request: EngineRequest, routing_id: str, hashes: list[int], exclude: list[int]
     ) -> Attempt:
         n = len(request.prompt_token_ids)
         avoid = exclude + self.workers.suspected()
         if self.service is not None:
-            iid, subject, _ = self.service.route(model, n, hashes, avoid, request.request_id)
+            iid, subject, _ = self.service.route(model, n, hashes, avoid, routing_id)
             return Attempt(iid, subject)
         assert self.routers is not None
         router_ids = self.routers.ids()
@@ -80,7 +80,7 @@ class WorkerClient:
             try:
                 stream = await self.plane.request(
                     router.data["subject"],
-                    protocol.encode_route(model, n, avoid, request.request_id, hashes),
+                    protocol.encode_route(model, n, avoid, routing_id, hashes),
                     accept_timeout=self.fcfg.first_response_timeout_s,
                     idle_timeout=self.fcfg.first_response_timeout_s,
                 )
@@ -108,7 +108,9 @@ class WorkerClient:
         )
         exclude: list[int] = []
         for attempt_no in range(self.fcfg.max_retries + 1):
-            attempt = await self._route(model, request, hashes, exclude)
+            # Each attempt is its own routed request, so a retry never mixes up two workers' load.
+            routing_id = request.request_id if attempt_no == 0 else f"{request.request_id}#{attempt_no}"
+            attempt = await self._route(model, request, routing_id, hashes, exclude)
             produced = False
             finished = False
             stream = await self.plane.request(
@@ -121,7 +123,7 @@ class WorkerClient:
                 async for chunk in stream:
                     out = decode(chunk)
                     if not produced and out.token_ids:
-                        await self._tell_routers(request.request_id, protocol.FIRST_TOKEN)
+                        await self._tell_routers(routing_id, protocol.FIRST_TOKEN)
                     produced = produced or bool(out.token_ids)
                     if out.finish_reason is not None:
                         finished = True
@@ -149,5 +151,5 @@ class WorkerClient:
             finally:
                 if not finished:
                     await stream.cancel()
-                await self._tell_routers(request.request_id, protocol.COMPLETE)
+                await self._tell_routers(routing_id, protocol.COMPLETE)
         raise NoWorkersError(f"no worker could take the request after {self.fcfg.max_retries + 1} attempts")
