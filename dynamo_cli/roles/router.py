@@ -64,7 +64,6 @@ class RouterRole(Role):
     async def _route(self, data: bytes, ctx: RequestContext) -> AsyncIterator[bytes]:
         assert self.service is not None
         req = protocol.decode_route(data)
-        self.service.metrics.indexed_blocks.set(len(self.service.core.index))
         try:
             worker, subject, overlap = self.service.route(
                 req["model"], req["n"], req.get("h") or [], req.get("exclude") or [], req.get("rid") or ""

@@ -183,6 +183,10 @@ class KvRouter:
         if w is not None:
             w.active_blocks -= t.blocks
 
+    def tracked_requests(self) -> int:
+        """Requests routed (by this router or a replica) that have not completed."""
+        return len(self._requests)
+
     def in_flight(self, worker: int) -> tuple[int, int]:
         """(prefill blocks, active blocks) the router attributes to a worker."""
         w = self._workers.get(worker)

@@ -116,6 +116,7 @@ class Launcher:
                     "etcd": plans[0].url,
                     "nats": plans[1].url,
                     "processes": {c.spec.name: c.pid for c in self.sup.children},
+                    "roles": {c.spec.name: c.ready_info for c in self.sup.children if c.ready_info},
                 }
             )
 

@@ -18,10 +18,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import msgpack
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
 
 from dynamo_cli.config.models import DynamoConfig
 from dynamo_cli.errors import RequestError
@@ -35,6 +37,21 @@ from dynamo_cli.runtime.workers import InstanceSet
 logger = logging.getLogger(__name__)
 
 _DECISION_BUCKETS = (10e-6, 25e-6, 50e-6, 100e-6, 200e-6, 500e-6, 1e-3, 2e-3, 5e-3)
+
+
+class _WorkerBlocks:
+    """Per-worker block counts of the KV index, read at scrape time."""
+
+    def __init__(self, core: KvRouter):
+        self.core = core
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        g = GaugeMetricFamily(
+            "dynamo_router_worker_blocks", "Blocks the KV index holds per worker", labels=["worker"]
+        )
+        for w in self.core.index.workers():
+            g.add_metric([f"{w:x}"], self.core.index.blocks_of(w))
+        yield g
 
 
 class RouterMetrics:
@@ -58,6 +75,11 @@ class RouterMetrics:
             registry=r,
         )
         self.indexed_blocks = Gauge("dynamo_router_indexed_blocks", "Blocks in the KV index", registry=r)
+        self.tracked = Gauge(
+            "dynamo_router_tracked_requests",
+            "In-flight requests this router counts (all replicas')",
+            registry=r,
+        )
 
 
 class RoutingService:
@@ -79,6 +101,9 @@ class RoutingService:
         self.policy = (
             make_policy(self.mode, cfg.router.seed) if self.mode in ("round-robin", "random") else None
         )
+        self.metrics.registry.register(_WorkerBlocks(self.core))
+        self.metrics.tracked.set_function(self.core.tracked_requests)
+        self.metrics.indexed_blocks.set_function(lambda: len(self.core.index))
         self._unsubs: list[Any] = []
         self._resyncing: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()

@@ -308,7 +308,6 @@ class Api:
         self.s.metrics.workers.set(self.s.workers.models().get(self.s.model, 0))
         body = generate_latest(self.s.metrics.registry)
         if self.s.routing is not None:  # embedded router: its metrics are ours
-            self.s.routing.metrics.indexed_blocks.set(len(self.s.routing.core.index))
             body += generate_latest(self.s.routing.metrics.registry)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
