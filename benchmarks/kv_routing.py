@@ -4,7 +4,10 @@
 
 4 mocker workers at speedup 1 (real simulated prefill/decode time), 20 users x 5 rounds: a ~1000-token
 shared system prompt, a ~2000-token per-user document, each round adds the previous answer and a new
-question; 64 output tokens; users start staggered and run concurrently.
+question; 64 output tokens; users start staggered (0.25 s apart) and run concurrently. With
+--think-s 0 users ask again at once and move in lockstep, which lets round-robin send a user back to
+the same worker by luck when users divide evenly among workers (20 over 4); --think-s 0.5 breaks that
+lockstep as real users would.
 """
 
 from __future__ import annotations
@@ -24,7 +27,14 @@ from dynamo_cli.runtime.handle import start
 
 
 async def user(
-    client: openai.AsyncOpenAI, model: str, uid: int, system: str, rounds: int, delay: float, out: list
+    client: openai.AsyncOpenAI,
+    model: str,
+    uid: int,
+    system: str,
+    rounds: int,
+    delay: float,
+    think_s: float,
+    out: list,
 ) -> None:
     rng = random.Random(uid)
     await asyncio.sleep(delay)
@@ -50,14 +60,18 @@ async def user(
         cached = usage.prompt_tokens_details.cached_tokens if usage.prompt_tokens_details else 0
         out.append((r, ttft, usage.prompt_tokens, cached, usage.completion_tokens))
         messages.append({"role": "assistant", "content": "".join(answer)})
+        if think_s > 0:  # the user reads the answer before asking again
+            await asyncio.sleep(rng.expovariate(1 / think_s))
 
 
-async def workload(base_url: str, model: str, users: int, rounds: int) -> tuple[list, float]:
+async def workload(base_url: str, model: str, users: int, rounds: int, think_s: float) -> tuple[list, float]:
     client = openai.AsyncOpenAI(base_url=base_url, api_key="x", max_retries=0, timeout=300)
     system = text(random.Random(0), 900)
     out: list = []
     t0 = time.perf_counter()
-    await asyncio.gather(*(user(client, model, u, system, rounds, u * 0.25, out) for u in range(users)))
+    await asyncio.gather(
+        *(user(client, model, u, system, rounds, u * 0.25, think_s, out) for u in range(users))
+    )
     return out, time.perf_counter() - t0
 
 
@@ -67,6 +81,12 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument(
+        "--think-s",
+        type=float,
+        default=0.5,
+        help="mean think time between a user's rounds (exponential, seeded); 0 = ask again at once",
+    )
     ap.add_argument("--set", dest="sets", action="append", default=[], help="extra --set for dynamo run")
     args = ap.parse_args()
     print(
@@ -80,7 +100,9 @@ def main() -> None:
                 flags += ["--set", item]
             dep = start(Path(tmp), "agg", "--engine", "mocker", *flags)
             try:
-                rows, wall = asyncio.run(workload(dep.base_url, dep.model, args.users, args.rounds))
+                rows, wall = asyncio.run(
+                    workload(dep.base_url, dep.model, args.users, args.rounds, args.think_s)
+                )
             finally:
                 dep.stop()
         cached = sum(r[3] for r in rows) / sum(r[2] for r in rows)

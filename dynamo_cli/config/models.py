@@ -76,7 +76,7 @@ class RouterConfig(_Model):
     )
     seed: int | None = Field(None, description="Seed for random choices (tests).")
     overlap_weight: float = Field(
-        2.0, ge=0.0, description="kv mode: weight of prefill work against decode load in the cost."
+        4.0, ge=0.0, description="kv mode: weight of prefill work against decode load in the cost."
     )
     temperature: float = Field(
         0.0, ge=0.0, description="kv mode: 0 picks the cheapest worker; > 0 samples (softmax over cost)."
