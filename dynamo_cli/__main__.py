@@ -1,3 +1,4 @@
 from dynamo_cli.app import main
 
-main()
+if __name__ == "__main__":  # engines start subprocesses with `spawn`, which re-imports this module
+    main()

@@ -12,6 +12,10 @@ HELP = f"""Bring up a whole deployment: etcd and NATS (spawned if none answer), 
 
 Examples:
 
+  dynamo run agg                                 # vLLM with the embedded SmolLM2-135M-Instruct
+
+  dynamo run agg --model Qwen/Qwen3-0.6B --gpus 0-1   # any vLLM model; 2 GPUs = tensor parallel 2
+
   dynamo run agg --engine mocker                 # simulated engine, no GPU needed
 
   dynamo run agg --engine mocker --workers 4 --port 8080
@@ -51,6 +55,13 @@ def run(
     speedup: Annotated[
         Optional[float], typer.Option("--speedup", help="Mocker speedup ratio.", show_default=False)
     ] = None,
+    gpus: Annotated[
+        Optional[str],
+        typer.Option(
+            help="GPUs for the workers, e.g. 0-3 (split evenly; a worker's share is its tensor parallel).",
+            show_default=False,
+        ),
+    ] = None,
     json_output: o.Json = False,
 ) -> int:
     from dynamo_cli.config.loader import load_config
@@ -66,6 +77,7 @@ def run(
         "workers.count": workers,
         "router.mode": router_mode,
         "mocker.speedup_ratio": speedup,
+        "workers.gpus": gpus,
     }
     cfg = load_config(profile, sets=sets, flags=flags)
     configure_logging(cfg.log_level)

@@ -130,7 +130,15 @@ class MockerConfig(_Model):
 
 
 class VllmConfig(_Model):
-    block_size: int | None = Field(None, description="KV block size (CPU needs a multiple of 32).")
+    block_size: int | None = Field(None, description="KV block size (default 16 on GPU, 128 on CPU).")
+    max_model_len: int | None = Field(None, ge=16, description="Longest sequence (default: the model's).")
+    tensor_parallel_size: int | None = Field(
+        None, ge=1, description="GPUs per worker (default: the worker's share of its group's GPUs)."
+    )
+    enforce_eager: bool = Field(False, description="Skip CUDA graphs on GPU (always on for CPU).")
+    cpu_kv_cache_gib: int = Field(
+        1, ge=1, description="KV cache per worker on CPU, GiB (VLLM_CPU_KVCACHE_SPACE)."
+    )
     extra_args: dict[str, object] = Field(default_factory=dict, description="Passed to vLLM's engine args.")
 
 

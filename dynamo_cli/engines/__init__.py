@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from dynamo_cli.config.models import DynamoConfig
 from dynamo_cli.engines.base import Engine
-from dynamo_cli.errors import StartupError
 from dynamo_cli.models.resolve import ModelInfo
 
 
-def create_engine(cfg: DynamoConfig, info: ModelInfo, *, instance_seed: int = 0) -> Engine:
+def create_engine(cfg: DynamoConfig, info: ModelInfo, model_path: Path, *, instance_seed: int = 0) -> Engine:
     if cfg.engine == "mocker":
         from dynamo_cli.engines.mocker import MockerEngine
 
@@ -18,7 +19,6 @@ def create_engine(cfg: DynamoConfig, info: ModelInfo, *, instance_seed: int = 0)
             eos_token_ids=info.eos_token_ids,
             instance_seed=instance_seed,
         )
-    raise StartupError(
-        f"engine '{cfg.engine}' is not available in this build yet",
-        hint="use --engine mocker",
-    )
+    from dynamo_cli.engines.vllm_engine import VllmEngine
+
+    return VllmEngine(cfg, model_path, seed=instance_seed)

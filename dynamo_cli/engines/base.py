@@ -7,6 +7,7 @@ reports KV cache events and load, which the worker publishes for the router.
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -102,6 +103,11 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Stop the engine; in-flight streams end with finish_reason "abort"."""
+
+    async def wait_dead(self) -> str:
+        """Return (with the reason) only if the engine dies; the worker then exits to be restarted."""
+        await asyncio.Future()
+        raise AssertionError("unreachable")
 
     def kv_state(self) -> tuple[list[int], int] | None:
         """Every cached block's sequence hash and the id of the last KV event emitted, for a router

@@ -140,3 +140,51 @@ def prepare_tokenizer_folder(dest: Path | None = None) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return dest
+
+
+def has_weights(folder: Path) -> bool:
+    return any(folder.glob("*.safetensors"))
+
+
+def prepare_weights(dest: Path | None = None) -> Path:
+    """Make (once) the embedded model's full folder: the GGUF's Q4_1 weights dequantised to bf16
+    safetensors by transformers (needs torch; 20-40 s). Returns the folder."""
+    dest = dest or cache_root() / "models" / EMBEDDED_NAME
+    prepare_tokenizer_folder(dest)
+    if has_weights(dest):
+        return dest
+    try:
+        import torch
+        from transformers import AutoModelForCausalLM
+    except ImportError as e:
+        raise StartupError(
+            "converting the embedded model needs torch and transformers",
+            hint="install the vLLM engine: scripts/install.sh --vllm",
+        ) from e
+    source = gguf_path()
+    tmp = Path(tempfile.mkdtemp(prefix=".weights-", dir=dest.parent))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(source.parent), gguf_file=source.name, torch_dtype=torch.bfloat16, low_cpu_mem_usage=True
+        )
+        # The weights are dequantised in memory; transformers will not save a model it still tags as
+        # GGUF-quantised, so write the tensors and the config ourselves.
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        if model.config.tie_word_embeddings:
+            state.pop("lm_head.weight", None)  # tied to the embeddings: stored once
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        saved_config = model.config.to_dict()
+        saved_config.pop("quantization_config", None)
+        ours = json.loads((dest / "config.json").read_text())
+        # transformers' config names everything as its loader wants it; keep our explicit fields on top.
+        (tmp / "config.json").write_text(
+            json.dumps({**saved_config, **ours, "torch_dtype": "bfloat16"}, indent=2)
+        )
+        for f in tmp.iterdir():
+            if f.suffix == ".safetensors" or f.name in ("config.json", "model.safetensors.index.json"):
+                os.replace(f, dest / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest

@@ -17,10 +17,12 @@ class ResolvedModel:
     name: str  # the name clients use
 
 
-def resolve_model(spec: str | None, served_name: str | None = None) -> ResolvedModel:
-    """Turn the profile's `model` into a local folder (tokenizer and config at least)."""
+def resolve_model(
+    spec: str | None, served_name: str | None = None, *, weights: bool = False
+) -> ResolvedModel:
+    """Turn the profile's `model` into a local folder (tokenizer and config; weights too if asked)."""
     if spec in EMBEDDED_ALIASES:
-        path = embedded.prepare_tokenizer_folder()
+        path = embedded.prepare_weights() if weights else embedded.prepare_tokenizer_folder()
         return ResolvedModel(path, served_name or embedded.EMBEDDED_NAME)
     assert spec is not None
     path = Path(spec).expanduser()

@@ -43,12 +43,14 @@ class WorkerRole(Role):
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> dict[str, Any]:
-        await self.connect()
-        assert self.plane is not None and self.discovery is not None
+        # The engine first: loading a model can block this process for a while, and a discovery
+        # lease granted before that would expire unrefreshed.
         info = read_model_info(self.model.path)
-        self.engine = create_engine(self.cfg, info, instance_seed=self.index)
+        self.engine = create_engine(self.cfg, info, self.model.path, instance_seed=self.index)
         publish_events = self.cfg.router.kv_events
         await self.engine.start(on_kv_event=self._on_kv_event if publish_events else None)
+        await self.connect()
+        assert self.plane is not None and self.discovery is not None
         iid = self.discovery.instance_id
         subject = protocol.endpoint_subject(self.cfg.namespace, protocol.WORKER, "generate", iid)
         self.endpoint = await self.plane.serve(subject, self._generate)
@@ -57,6 +59,7 @@ class WorkerRole(Role):
         self._tasks = [
             asyncio.create_task(self._publish_events(), name="kv-events"),
             asyncio.create_task(self._publish_load(), name="load"),
+            asyncio.create_task(self._watch_engine(), name="engine-health"),
         ]
         await self.discovery.register(
             protocol.WORKER,
@@ -78,6 +81,13 @@ class WorkerRole(Role):
         encode = protocol.encode_output
         async for out in self.engine.generate(request):
             yield encode(out)
+
+    async def _watch_engine(self) -> None:
+        assert self.engine is not None
+        reason = await self.engine.wait_dead()
+        logger.error("%s", reason)
+        if not self.failed.done():
+            self.failed.set_result(reason)
 
     async def _kv_state(self, data: bytes, ctx: RequestContext) -> AsyncIterator[bytes]:
         """Everything we cache, for a router that saw a gap in our event ids."""

@@ -20,8 +20,10 @@ from rich.console import Console
 from dynamo_cli.config.models import DynamoConfig
 from dynamo_cli.console import emit_json
 from dynamo_cli.errors import StartupError
+from dynamo_cli.models.embedded import cache_root
 from dynamo_cli.models.resolve import ResolvedModel, resolve_model
 from dynamo_cli.runtime.lifecycle import install_signal_handlers
+from dynamo_cli.runtime.placement import worker_envs
 from dynamo_cli.runtime.servers import ServerPlan, etcd_version, nats_info, plan_etcd, plan_nats
 from dynamo_cli.runtime.supervisor import ProcessSpec, Supervisor
 
@@ -41,12 +43,16 @@ def _server_spec(plan: ServerPlan) -> ProcessSpec:
     return ProcessSpec(plan.name, plan.argv, probe=probe, shim=True, show=show)
 
 
-def role_specs(cfg: DynamoConfig, config_path: Path) -> list[ProcessSpec]:
+def role_specs(cfg: DynamoConfig, config_path: Path, workdir: Path) -> list[ProcessSpec]:
     """Every role process of the deployment, in start order (stopped in reverse)."""
-    specs = [
-        ProcessSpec(f"worker-{i}", role_argv("worker", config_path, i), max_restarts=cfg.workers.max_restarts)
-        for i in range(cfg.workers.count)
-    ]
+    envs = worker_envs(cfg.workers, "workers", engine=cfg.engine)
+    specs = []
+    for i, env in enumerate(envs):
+        tmp = workdir / f"tmp-worker-{i}"  # engines leave sockets behind: keep them in the run's folder
+        tmp.mkdir(exist_ok=True)
+        env = {**env, "TMPDIR": str(tmp), "VLLM_CACHE_ROOT": str(cache_root() / "vllm")}
+        argv = role_argv("worker", config_path, i)
+        specs.append(ProcessSpec(f"worker-{i}", argv, env=env, max_restarts=cfg.workers.max_restarts))
     specs += [
         ProcessSpec(f"router-{i}", role_argv("router", config_path, i)) for i in range(cfg.router.replicas)
     ]
@@ -81,8 +87,11 @@ class Launcher:
 
     async def _start(self, t0: float) -> None:
         cfg, con = self.cfg, self.console
-        with con.status("Preparing the model (first run converts the embedded one)..."):
-            model: ResolvedModel = await asyncio.to_thread(resolve_model, cfg.model, cfg.served_model_name)
+        weights = cfg.engine == "vllm"
+        with con.status("Preparing the model (the first run converts the embedded one, ~20 s)..."):
+            model: ResolvedModel = await asyncio.to_thread(
+                resolve_model, cfg.model, cfg.served_model_name, weights=weights
+            )
         plans = [plan_etcd(cfg.infra.etcd, self.workdir), plan_nats(cfg.infra.nats, self.workdir)]
         spawned = [p for p in plans if p.spawn]
         for p in plans:
@@ -94,7 +103,7 @@ class Launcher:
         resolved.model, resolved.served_model_name = str(model.path), model.name
         config_path = self.workdir / "config.yaml"
         config_path.write_text(yaml.safe_dump(resolved.model_dump(mode="json"), sort_keys=False))
-        specs = role_specs(resolved, config_path)
+        specs = role_specs(resolved, config_path, self.workdir)
         with con.status(f"Starting {len(specs)} role process(es)..."):
             children = await asyncio.gather(*(self.sup.start(s, timeout=timeout) for s in specs))
             self.url = children[-1].ready_info.get("url")

@@ -179,23 +179,27 @@ class _NatsStream(ResponseStream):
                     await self._plane._nc.publish(self._subject, self._payload, reply=self.reply)
                     continue
                 if isinstance(item, BaseException):
+                    self._done = True  # failed or timed out: nothing more will come
                     raise item
                 kind = item[:1]
                 if kind == _DATA:
                     yield item[1:]
                 elif kind == _END:
+                    self._done = True
                     return
                 elif kind == _ERR:
+                    self._done = True
                     err = orjson.loads(item[1:])
                     raise RemoteError(err.get("message", "remote error"), err.get("code", "internal"))
                 elif kind == _ACK:
                     self.accepted = True
                 # keepalives only refresh last_seen
         finally:
-            self._done = True
+            # Local iteration is over; the remote side may still be running (then cancel() stops it).
             self._plane._streams.pop(self.reply, None)
 
     async def cancel(self) -> None:
+        """Tell the remote side to stop, unless it already finished."""
         if self._done:
             return
         self._done = True
@@ -387,6 +391,7 @@ class NatsRequestPlane(RequestPlane):
             await callback(msg.data)
 
         sub = await self._nc.subscribe(subject, cb=on_msg)
+        await self._nc.flush()  # live at the server when we return: nothing published after is missed
         return sub.unsubscribe
 
     async def close(self) -> None:

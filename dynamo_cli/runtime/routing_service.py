@@ -146,11 +146,14 @@ class RoutingService:
             events = bool(inst.data.get("kv_events", True))
             self.core.add_worker(inst.instance_id, publishes_events=events)
             size = inst.data.get("block_size")
-            if self.uses_kv and size is not None and size != self.core.block_size:
-                logger.error(
-                    "worker %x uses KV block size %s but the router hashes %s-token blocks: "
-                    "its cache hits will not be seen", inst.instance_id, size, self.core.block_size,
-                )  # fmt: skip
+            if size is not None and size != self.core.block_size:
+                if len(self.core.index) == 0:  # the workers say how big their blocks are
+                    self.core.block_size = int(size)
+                elif self.uses_kv:
+                    logger.error(
+                        "worker %x uses KV block size %s but the router hashes %s-token blocks: "
+                        "its cache hits will not be seen", inst.instance_id, size, self.core.block_size,
+                    )  # fmt: skip
             if self.uses_kv and not events:
                 logger.warning(
                     "APPROXIMATE ROUTING: worker %x publishes no KV cache events, so the router can only "

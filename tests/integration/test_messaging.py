@@ -199,3 +199,42 @@ async def test_stop_accepting_refuses_new_work_and_drain_waits(planes, namespace
     release.set()
     assert await endpoint.drain(2)
     assert await reader == [b"done"]
+
+
+async def test_cancel_while_waiting_for_the_next_chunk_still_reaches_the_handler(
+    planes, namespace: str
+) -> None:
+    """The consumer's task is cancelled while it waits inside the iteration (an HTTP client hung up):
+    the iteration ends locally, yet the remote handler must still be told to stop."""
+    server, client = planes
+    cancelled = asyncio.Event()
+
+    async def slow_stream(data: bytes, ctx: RequestContext) -> AsyncIterator[bytes]:
+        try:
+            while True:
+                yield b"x"
+                await asyncio.sleep(0.3)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    endpoint = await server.serve(f"{namespace}.slowstream", slow_stream)
+    stream = await client.request(f"{namespace}.slowstream", b"", accept_timeout=2, idle_timeout=5)
+    first = asyncio.Event()
+
+    async def consume() -> None:
+        try:
+            async for _ in stream:
+                first.set()
+        finally:
+            await stream.cancel()
+
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(first.wait(), 2)
+    await asyncio.sleep(0.05)  # now it waits for the next chunk
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.wait_for(cancelled.wait(), 2)
+    await asyncio.sleep(0.05)
+    assert endpoint.in_flight == 0

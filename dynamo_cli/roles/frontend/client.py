@@ -96,6 +96,14 @@ class WorkerClient:
                 logger.warning("router %x unreachable (%s); trying another", rid, e)
         raise NoWorkersError("no router answered")
 
+    def _block_size(self) -> int:
+        """The workers' KV block size (they advertise it); the config's until one is known."""
+        for iid in self.workers.ids():
+            inst = self.workers.get(iid)
+            if inst is not None and inst.data.get("block_size"):
+                return int(inst.data["block_size"])
+        return self.cfg.kv_block_size
+
     async def _tell_routers(self, request_id: str, kind: int) -> None:
         if self._tracks_load:
             await self.plane.publish(self._lifecycle, msgpack.packb((request_id, kind)))
@@ -103,9 +111,7 @@ class WorkerClient:
     async def generate(self, model: str, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
         payload = protocol.encode_generate(request)
         decode = protocol.decode_output
-        hashes = (
-            sequence_block_hashes(request.prompt_token_ids, self.cfg.kv_block_size) if self._hashes else []
-        )
+        hashes = sequence_block_hashes(request.prompt_token_ids, self._block_size()) if self._hashes else []
         exclude: list[int] = []
         for attempt_no in range(self.fcfg.max_retries + 1):
             # Each attempt is its own routed request, so a retry never mixes up two workers' load.

@@ -1,0 +1,300 @@
+"""The vLLM engine: AsyncLLM in the worker process (imported only here, only when used).
+
+Token ids in (TokensPrompt), token-id deltas out (RequestOutputKind.DELTA, no detokenisation: the
+frontend does that). vLLM's own KV cache events arrive on a local ZMQ socket and are translated into
+this project's block hashes (kv.hashing), so the router sees vLLM and the mocker alike: vLLM's block
+hashes are only used as ids to map removals back to ours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncGenerator
+from pathlib import Path
+from typing import Any
+
+from dynamo_cli.config.models import DynamoConfig
+from dynamo_cli.engines.base import (
+    Engine,
+    EngineOutput,
+    EngineRequest,
+    FinishReason,
+    KvEvent,
+    KvEventSink,
+    LoadMetrics,
+)
+from dynamo_cli.errors import StartupError
+from dynamo_cli.kv.hashing import chain_hashes, local_block_hashes
+
+logger = logging.getLogger(__name__)
+
+_FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length", "abort": "abort"}
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except ImportError:
+        return False
+
+
+def default_block_size(on_gpu: bool) -> int:
+    return 16 if on_gpu else 128  # vLLM on CPU needs a multiple of 32
+
+
+class KvEventTranslator:
+    """vLLM's BlockStored / BlockRemoved / AllBlocksCleared -> KvEvent with our chained hashes."""
+
+    def __init__(self, block_size: int):
+        self.block_size = block_size
+        self._ours: dict[Any, int] = {}  # vLLM block hash -> our sequence hash
+        self._next_id = 1
+
+    def _event(self, kind: str, hashes: list[int], parent: int | None = None) -> KvEvent:
+        ev = KvEvent(self._next_id, kind, hashes, parent)  # type: ignore[arg-type]
+        self._next_id += 1
+        return ev
+
+    @property
+    def last_event_id(self) -> int:
+        return self._next_id - 1
+
+    def cached(self) -> list[int]:
+        return list(self._ours.values())
+
+    def translate(self, raw: Any) -> list[KvEvent]:
+        """One decoded vLLM event: a map with a "type" tag, or a tagged array [tag, field, ...]."""
+        if isinstance(raw, dict):
+            tag = raw.get("type")
+            hashes, parent, token_ids = (
+                raw.get("block_hashes") or [],
+                raw.get("parent_block_hash"),
+                raw.get("token_ids") or [],
+            )
+        else:
+            tag = raw[0]
+            hashes = raw[1] if len(raw) > 1 else []
+            parent = raw[2] if len(raw) > 2 else None
+            token_ids = raw[3] if len(raw) > 3 else []
+        if tag == "BlockStored":
+            parent_ours = self._ours.get(_key(parent), 0) if parent is not None else 0
+            ours = chain_hashes(local_block_hashes(token_ids, self.block_size), parent_ours)
+            for eh, oh in zip(hashes, ours, strict=False):
+                self._ours[_key(eh)] = oh
+            return [self._event("stored", ours, parent_ours or None)] if ours else []
+        if tag == "BlockRemoved":
+            gone = [h for eh in hashes if (h := self._ours.pop(_key(eh), None)) is not None]
+            return [self._event("removed", gone)] if gone else []
+        if tag == "AllBlocksCleared":
+            self._ours.clear()
+            return [self._event("cleared", [])]
+        return []
+
+
+def _key(h: Any) -> Any:
+    return bytes(h) if isinstance(h, (bytearray, memoryview)) else h
+
+
+class VllmEngine(Engine):
+    def __init__(self, cfg: DynamoConfig, model_path: Path, *, seed: int = 0):
+        self.cfg = cfg
+        self.model_path = model_path
+        self.seed = seed
+        self.on_gpu = cuda_available()
+        self.block_size = cfg.vllm.block_size or default_block_size(self.on_gpu)
+        self._engine: Any = None
+        self._load = LoadMetrics(0, 0, 0, 1)
+        self._total_blocks = 1
+        self._tasks: list[asyncio.Task[None]] = []
+        self._translator = KvEventTranslator(self.block_size)
+        self._dead: asyncio.Future[str] | None = None
+        self._zmq_ctx: Any = None
+        self._zmq_sock: Any = None
+        self._active: set[str] = set()
+
+    async def start(self, on_kv_event: KvEventSink | None = None) -> None:
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.cfg.vllm.cpu_kv_cache_gib))
+        try:
+            from vllm import AsyncEngineArgs
+            from vllm.config import KVEventsConfig
+            from vllm.v1.engine.async_llm import AsyncLLM
+        except ImportError as e:
+            raise StartupError(
+                "the vLLM engine is not installed",
+                hint="run scripts/install.sh --vllm (or use --engine mocker)",
+            ) from e
+        # vLLM's publisher connects to a tcp endpoint that is not a wildcard: we bind (loopback only,
+        # before the engine starts, so no event is published into the void) and it connects to us.
+        endpoint = self._bind_event_socket() if on_kv_event else None
+        kwargs: dict[str, Any] = {
+            "model": str(self.model_path),
+            "enable_prefix_caching": True,
+            "block_size": self.block_size,
+            "seed": self.seed,
+            "enforce_eager": not self.on_gpu or self.cfg.vllm.enforce_eager,
+            "tensor_parallel_size": self.cfg.vllm.tensor_parallel_size or self._gpu_share(),
+        }
+        if self.cfg.vllm.max_model_len:
+            kwargs["max_model_len"] = self.cfg.vllm.max_model_len
+        if endpoint:
+            kwargs["kv_events_config"] = KVEventsConfig(
+                enable_kv_cache_events=True, publisher="zmq", endpoint=endpoint, topic="kv"
+            )
+        kwargs.update(self.cfg.vllm.extra_args)
+        engine = self
+
+        class _Stats:  # a vLLM stat logger: scheduler stats -> our load metrics
+            def __init__(self, vllm_config: Any, engine_index: int = 0):
+                cache = vllm_config.cache_config
+                engine._total_blocks = int(getattr(cache, "num_gpu_blocks", None) or 1)
+
+            def record(self, scheduler_stats: Any, iteration_stats: Any, *args: Any, **kw: Any) -> None:
+                if scheduler_stats is not None:
+                    total = engine._total_blocks
+                    engine._load = LoadMetrics(
+                        scheduler_stats.num_running_reqs,
+                        scheduler_stats.num_waiting_reqs,
+                        round(scheduler_stats.kv_cache_usage * total),
+                        total,
+                    )
+
+            def log_engine_initialized(self) -> None:
+                return None
+
+            def log(self) -> None:
+                return None
+
+            def record_sleep_state(self, *args: Any) -> None:
+                return None
+
+        try:
+            self._engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs), stat_loggers=[_Stats])  # type: ignore[list-item]
+        except Exception as e:
+            raise StartupError(
+                f"vLLM could not load {self.model_path.name}: {e}", hint="see the lines above"
+            ) from e
+        self._dead = asyncio.get_running_loop().create_future()
+        self._tasks.append(asyncio.create_task(self._watch_health(), name="vllm-health"))
+        if endpoint and on_kv_event:
+            self._tasks.append(
+                asyncio.create_task(self._relay_events(endpoint, on_kv_event), name="vllm-kv-events")
+            )
+
+    def _gpu_share(self) -> int:
+        """GPUs this worker was given (its CUDA_VISIBLE_DEVICES), 1 on CPU."""
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+        return len([g for g in visible.split(",") if g.strip()]) if self.on_gpu and visible else 1
+
+    async def _watch_health(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            if self._engine is not None and self._engine.errored:
+                if self._dead is not None and not self._dead.done():
+                    self._dead.set_result(f"the vLLM engine died: {self._engine.dead_error}")
+                return
+
+    async def wait_dead(self) -> str:
+        assert self._dead is not None
+        return await self._dead
+
+    def _bind_event_socket(self) -> str:
+        import zmq
+        import zmq.asyncio
+
+        self._zmq_ctx = zmq.asyncio.Context()
+        self._zmq_sock = self._zmq_ctx.socket(zmq.SUB)
+        self._zmq_sock.setsockopt(zmq.SUBSCRIBE, b"kv")
+        self._zmq_sock.bind("tcp://127.0.0.1:0")
+        return str(self._zmq_sock.getsockopt_string(zmq.LAST_ENDPOINT))
+
+    async def _relay_events(self, endpoint: str, sink: KvEventSink) -> None:
+        import msgpack
+
+        sock, ctx = self._zmq_sock, self._zmq_ctx
+        try:
+            while True:
+                _topic, _seq, payload = await sock.recv_multipart()
+                batch = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+                for raw in batch[1]:
+                    try:
+                        events = self._translator.translate(raw)
+                    except (IndexError, KeyError, TypeError, ValueError):
+                        logger.warning("skipping a KV event vLLM sent that we cannot read: %r", raw)
+                        continue
+                    for ev in events:
+                        sink(ev)
+        finally:
+            sock.close(linger=0)
+            ctx.term()
+
+    async def generate(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        s = request.sampling
+        params = SamplingParams(
+            n=1,
+            max_tokens=s.max_tokens,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            top_k=s.top_k if s.top_k > 0 else 0,
+            seed=s.seed,
+            ignore_eos=s.ignore_eos,
+            min_tokens=s.min_tokens,
+            stop_token_ids=s.stop_token_ids or None,
+            output_kind=RequestOutputKind.DELTA,
+            detokenize=False,
+        )
+        first = True
+        finished = False
+        rid = request.request_id
+        self._active.add(rid)
+        try:
+            async for out in self._engine.generate(
+                TokensPrompt(prompt_token_ids=request.prompt_token_ids), params, rid
+            ):
+                o = out.outputs[0]
+                reason = _FINISH.get(o.finish_reason) if o.finish_reason else None
+                finished = reason is not None
+                yield EngineOutput(
+                    list(o.token_ids), reason, cached_tokens=(out.num_cached_tokens or 0) if first else None
+                )
+                first = False
+        except Exception as e:
+            if type(e).__name__ == "EngineDeadError":
+                finished = True
+                yield EngineOutput([], "error", error=str(e))
+                return
+            raise
+        finally:
+            self._active.discard(rid)
+            if not finished:  # the caller went away (or we failed): free the request's blocks
+                with contextlib.suppress(Exception):
+                    await self._engine.abort(rid)
+
+    async def abort(self, request_id: str) -> None:
+        await self._engine.abort(request_id)
+
+    def load(self) -> LoadMetrics:
+        # vLLM reports stats only while it steps: once idle, its last report would stand forever.
+        if not self._active:
+            return LoadMetrics(0, 0, 0, self._total_blocks)
+        return self._load
+
+    def kv_state(self) -> tuple[list[int], int] | None:
+        return self._translator.cached(), self._translator.last_event_id
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._engine is not None:
+            with contextlib.suppress(Exception):
+                self._engine.shutdown()
+            self._engine = None

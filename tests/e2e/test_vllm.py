@@ -1,0 +1,138 @@
+"""`dynamo run agg` with real vLLM engines on CPU: a tiny random Llama (fast) and SmolLM2 (a real answer)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import time
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+
+from dynamo_cli.runtime import protocol
+from dynamo_cli.runtime.handle import Deployment, start
+from dynamo_cli.runtime.messaging import NatsRequestPlane
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="the vLLM engine is not installed"),
+]
+
+
+def _metrics(url: str) -> dict[str, float]:
+    text = httpx.get(url, timeout=10).text
+    return {ln.split(" ")[0]: float(ln.split(" ")[1]) for ln in text.splitlines() if ln and ln[0] != "#"}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    from dynamo_cli.models.tiny import build_tiny_llama
+
+    model = build_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama")
+    d = start(tmp_path_factory.mktemp("vllm"), "agg", "--engine", "vllm", "--model", str(model), "--workers", "1",
+              "--router-mode", "kv", "--set", "router.replicas=0", timeout=240)  # fmt: skip
+    yield d
+    d.stop()
+
+
+@pytest.fixture(scope="module")
+def client(tiny: Deployment) -> openai.OpenAI:
+    return openai.OpenAI(base_url=tiny.base_url, api_key="x", max_retries=0, timeout=60)
+
+
+def test_streaming_shape_and_token_counts(client: openai.OpenAI, tiny: Deployment) -> None:
+    chunks = list(
+        client.chat.completions.create(
+            model=tiny.model, messages=[{"role": "user", "content": "Hello there"}], max_tokens=16, stream=True,  # type: ignore[arg-type]
+            stream_options={"include_usage": True}, extra_body={"ignore_eos": True}, temperature=0,
+        )
+    )  # fmt: skip
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == [
+        "length"
+    ]
+    usage = chunks[-1].usage
+    assert usage is not None and usage.completion_tokens == 16 and usage.prompt_tokens > 5
+    assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) >= 8  # streamed, not one blob
+
+
+def test_greedy_is_deterministic(client: openai.OpenAI, tiny: Deployment) -> None:
+    def ask() -> str:
+        r = client.completions.create(model=tiny.model, prompt="one two three", max_tokens=24, temperature=0,
+                                      extra_body={"ignore_eos": True})  # fmt: skip
+        return r.choices[0].text
+
+    first = ask()
+    assert first and all(ask() == first for _ in range(3))
+
+
+def test_prefix_cache_and_kv_events_reach_the_router(client: openai.OpenAI, tiny: Deployment) -> None:
+    long = [{"role": "user", "content": "Remember this. " * 120}]  # > 2 blocks of 128 tokens
+    first = client.chat.completions.create(model=tiny.model, messages=long, max_tokens=2)  # type: ignore[arg-type]
+    time.sleep(0.5)  # let the events travel
+    second = client.chat.completions.create(model=tiny.model, messages=long, max_tokens=2)  # type: ignore[arg-type]
+    assert (
+        first.usage is not None
+        and second.usage is not None
+        and second.usage.prompt_tokens_details is not None
+    )
+    assert second.usage.prompt_tokens_details.cached_tokens >= 256
+    m = _metrics(tiny.url + "/metrics")
+    assert m["dynamo_router_kv_events_total"] > 0
+    assert m["dynamo_router_overlap_blocks_total"] >= 2  # the router saw the prefix in vLLM's cache
+    assert sum(v for k, v in m.items() if k.startswith("dynamo_router_worker_blocks")) >= 2
+
+
+def test_abort_frees_the_request(tiny: Deployment) -> None:
+    async def scenario() -> int:
+        plane = await NatsRequestPlane.connect(tiny.ready["nats"], name="test")
+        running: list[int] = []
+        hung_up = False
+        idle = asyncio.Event()
+
+        async def on_load(data: bytes) -> None:
+            running.append(protocol.decode_load(data)[1].running)
+            if hung_up and running[-1] == 0:
+                idle.set()
+
+        unsub = await plane.subscribe(protocol.load_subject("dynamo"), on_load)
+        async with httpx.AsyncClient(timeout=60) as http:
+            body = {"model": tiny.model, "messages": [{"role": "user", "content": "go"}], "max_tokens": 3000,
+                    "stream": True, "ignore_eos": True}  # fmt: skip
+            async with http.stream("POST", tiny.base_url + "/chat/completions", json=body) as resp:
+                n = 0
+                async for _ in resp.aiter_lines():
+                    n += 1
+                    if n > 10:
+                        break
+        hung_up = True
+        if running and running[-1] == 0:
+            idle.set()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(idle.wait(), 10)
+        await unsub()
+        await plane.close()
+        return running[-1] if running else -1
+
+    assert asyncio.run(scenario()) == 0
+
+
+@pytest.fixture(scope="module")
+def smol(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    d = start(tmp_path_factory.mktemp("smol"), "agg", "--workers", "1", timeout=300)
+    yield d
+    d.stop()
+
+
+def test_smollm2_knows_the_capital_of_france(smol: Deployment) -> None:
+    client = openai.OpenAI(base_url=smol.base_url, api_key="x", max_retries=0, timeout=60)
+    r = client.chat.completions.create(
+        model=smol.model, messages=[{"role": "user", "content": "What is the capital of France?"}],  # type: ignore[arg-type]
+        max_tokens=30, temperature=0,
+    )  # fmt: skip
+    assert smol.model == "SmolLM2-135M-Instruct"
+    assert "Paris" in (r.choices[0].message.content or "")
+    assert r.choices[0].finish_reason == "stop"
