@@ -38,11 +38,15 @@ def measure(url: str, model: str, concurrency: int, requests: int, max_tokens: i
 
 def vllm_server(folder: Path, tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
+    # The same OpenMP core binding our placement gives a single worker (vLLM's own default, "auto",
+    # keeps a core back for its API process): engine settings identical on both sides.
+    cores = os.cpu_count() or 1
     env = {
         **os.environ,
         "VLLM_CPU_KVCACHE_SPACE": "1",
         "TMPDIR": str(tmp),
         "VLLM_CACHE_ROOT": str(tmp / "vc"),
+        "VLLM_CPU_OMP_THREADS_BIND": f"0-{cores - 1}",
     }
     argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder),
             "--served-model-name", EMBEDDED_NAME, "--host", "127.0.0.1", "--port", str(port),
