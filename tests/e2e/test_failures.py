@@ -16,18 +16,11 @@ import openai
 import pytest
 
 from dynamo_cli.runtime.handle import DYNAMO, process_alive, start
+from tests.e2e.helpers import wait_for
 
 pytestmark = pytest.mark.e2e
 
 MESSAGES = [{"role": "user", "content": "Write a long story."}]
-
-
-def _wait(pred, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def test_killed_worker_fails_its_requests_and_others_carry_on(tmp_path: Path) -> None:
@@ -59,7 +52,7 @@ def test_killed_worker_fails_its_requests_and_others_carry_on(tmp_path: Path) ->
         victim = dep.pid("worker-0")
         with ThreadPoolExecutor(6) as pool:
             futures = [pool.submit(stream_one, i) for i in range(6)]
-            _wait(lambda: started[0] == 6, 30, "all six streams to start")
+            wait_for(lambda: started[0] == 6, 30, "all six streams to start")
             os.kill(victim, signal.SIGKILL)
             killed = time.monotonic()
             results = [f.result(timeout=90) for f in futures]
@@ -74,9 +67,9 @@ def test_killed_worker_fails_its_requests_and_others_carry_on(tmp_path: Path) ->
             r = client.chat.completions.create(model=dep.model, messages=MESSAGES, max_tokens=3)  # type: ignore[arg-type]
             assert r.choices[0].finish_reason == "length"
         # The launcher names the dead worker and restarts it.
-        _wait(lambda: "restarting worker-0 (1/3)" in dep.log_text(), 20, "the restart notice")
+        wait_for(lambda: "restarting worker-0 (1/3)" in dep.log_text(), 20, "the restart notice")
         assert "worker-0 exited unexpectedly with signal SIGKILL" in dep.log_text()
-        _wait(
+        wait_for(
             lambda: httpx.get(dep.url + "/health", timeout=5).json().get("workers") == 2,
             30,
             "two workers again",
@@ -115,7 +108,7 @@ def test_second_ctrl_c_forces(tmp_path: Path) -> None:
     time.sleep(0.05)
     dep.proc.send_signal(signal.SIGINT)
     assert dep.proc.wait(20) == 130
-    _wait(lambda: not any(process_alive(p) for p in pids), 10, "every child to be gone")
+    wait_for(lambda: not any(process_alive(p) for p in pids), 10, "every child to be gone")
 
 
 def test_dead_frontend_shuts_the_deployment_down(tmp_path: Path) -> None:
@@ -127,7 +120,7 @@ def test_dead_frontend_shuts_the_deployment_down(tmp_path: Path) -> None:
     log = dep.log_text()
     assert "frontend exited unexpectedly with signal SIGKILL" in log
     assert "error: frontend exited with signal SIGKILL" in log
-    _wait(lambda: not any(process_alive(p) for p in pids), 10, "every child to be gone")
+    wait_for(lambda: not any(process_alive(p) for p in pids), 10, "every child to be gone")
 
 
 def test_busy_port_is_a_clear_startup_error(tmp_path: Path) -> None:

@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,6 +19,7 @@ from dynamo_cli.runtime import protocol
 from dynamo_cli.runtime.discovery import EtcdDiscovery
 from dynamo_cli.runtime.handle import Deployment, start
 from dynamo_cli.runtime.messaging import NatsRequestPlane
+from tests.e2e.helpers import scrape, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -90,19 +90,6 @@ def test_approximate_mode_warns_and_still_routes_to_the_prefix(tmp_path: Path) -
         dep.stop()
 
 
-def _metrics(url: str) -> dict[str, float]:
-    text = httpx.get(url, timeout=10).text
-    return {ln.split(" ")[0]: float(ln.split(" ")[1]) for ln in text.splitlines() if ln and ln[0] != "#"}
-
-
-def _wait(pred, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def _long_streams(dep, n: int, max_tokens: int) -> tuple[ThreadPoolExecutor, list, list[int]]:
     """Start n long streaming requests; returns once every one has produced a token."""
     client = openai.OpenAI(base_url=dep.base_url, api_key="x", max_retries=0, timeout=120)
@@ -123,7 +110,7 @@ def _long_streams(dep, n: int, max_tokens: int) -> tuple[ThreadPoolExecutor, lis
 
     pool = ThreadPoolExecutor(n)
     futures = [pool.submit(one, k) for k in range(n)]
-    _wait(lambda: started[0] == n, 60, "every stream to start")
+    wait_for(lambda: started[0] == n, 60, "every stream to start")
     return pool, futures, started
 
 
@@ -134,16 +121,16 @@ def test_router_replicas_share_their_view(tmp_path: Path) -> None:
         urls = [dep.ready["roles"][f"router-{i}"]["metrics"] for i in range(2)]
         pool, futures, _ = _long_streams(dep, 6, 300)
         # Each replica routed some of the six, and each counts all six: decisions and completions are shared.
-        _wait(
-            lambda: all(_metrics(u)["dynamo_router_tracked_requests"] == 6 for u in urls),
+        wait_for(
+            lambda: all(scrape(u)["dynamo_router_tracked_requests"] == 6 for u in urls),
             10,
             "both views at 6",
         )
-        assert all(_metrics(u)['dynamo_router_decisions_total{mode="kv"}'] >= 1 for u in urls)
+        assert all(scrape(u)['dynamo_router_decisions_total{mode="kv"}'] >= 1 for u in urls)
         assert all(f.result(timeout=120) > 0 for f in futures)
         pool.shutdown()
-        _wait(
-            lambda: all(_metrics(u)["dynamo_router_tracked_requests"] == 0 for u in urls),
+        wait_for(
+            lambda: all(scrape(u)["dynamo_router_tracked_requests"] == 0 for u in urls),
             10,
             "both views at 0",
         )
@@ -166,15 +153,17 @@ def test_a_departed_worker_leaves_the_index(kv_dep: Deployment) -> None:
 
     def per_worker() -> dict[str, float]:
         prefix = 'dynamo_router_worker_blocks{worker="'
-        return {k[len(prefix) : -2]: v for k, v in _metrics(metrics).items() if k.startswith(prefix)}
+        return {k[len(prefix) : -2]: v for k, v in scrape(metrics).items() if k.startswith(prefix)}
 
-    _wait(lambda: any(per_worker().values()), 5, "blocks indexed")
+    wait_for(lambda: any(per_worker().values()), 5, "blocks indexed")
     holder = max(per_worker(), key=lambda w: per_worker()[w])
     name = next(n for n, info in kv_dep.ready["roles"].items() if info.get("instance") == holder)
     os.kill(kv_dep.pid(name), signal.SIGKILL)
     # Its lease (2 s) expires, discovery says it left, the router drops what it held.
-    _wait(lambda: holder not in per_worker(), 15, "the dead worker's blocks to go")
-    _wait(lambda: httpx.get(kv_dep.url + "/health", timeout=5).json().get("workers") == 2, 30, "the restart")
+    wait_for(lambda: holder not in per_worker(), 15, "the dead worker's blocks to go")
+    wait_for(
+        lambda: httpx.get(kv_dep.url + "/health", timeout=5).json().get("workers") == 2, 30, "the restart"
+    )
     assert min(_cached_fractions(kv_dep.base_url, kv_dep.model)) > 0.9
 
 
@@ -190,9 +179,9 @@ def test_an_event_gap_triggers_a_resync(kv_dep: Deployment) -> None:
         await disc.close()
 
     metrics = kv_dep.url + "/metrics"
-    before = _metrics(metrics).get("dynamo_router_resyncs_total", 0.0)
+    before = scrape(metrics).get("dynamo_router_resyncs_total", 0.0)
     asyncio.run(forge_gap())
-    _wait(lambda: _metrics(metrics).get("dynamo_router_resyncs_total", 0.0) > before, 10, "a resync")
+    wait_for(lambda: scrape(metrics).get("dynamo_router_resyncs_total", 0.0) > before, 10, "a resync")
     assert min(_cached_fractions(kv_dep.base_url, kv_dep.model)) > 0.9  # the re-read view still routes well
 
 
@@ -229,7 +218,9 @@ def test_least_loaded_spreads_by_load(tmp_path: Path) -> None:
         watcher = threading.Thread(target=loop.run_until_complete, args=(watch_load(stop),), daemon=True)
         watcher.start()
         pool, futures, _ = _long_streams(dep, 4, 300)
-        _wait(lambda: sorted(running.values()) == [2, 2], 10, f"two requests on each worker (saw {running})")
+        wait_for(
+            lambda: sorted(running.values()) == [2, 2], 10, f"two requests on each worker (saw {running})"
+        )
         assert all(f.result(timeout=120) > 0 for f in futures)
         pool.shutdown()
         loop.call_soon_threadsafe(stop.set)

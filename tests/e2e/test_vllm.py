@@ -18,16 +18,12 @@ import pytest
 from dynamo_cli.runtime import protocol
 from dynamo_cli.runtime.handle import Deployment, start
 from dynamo_cli.runtime.messaging import NatsRequestPlane
+from tests.e2e.helpers import scrape
 
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="the vLLM engine is not installed"),
 ]
-
-
-def _metrics(url: str) -> dict[str, float]:
-    text = httpx.get(url, timeout=10).text
-    return {ln.split(" ")[0]: float(ln.split(" ")[1]) for ln in text.splitlines() if ln and ln[0] != "#"}
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +79,7 @@ def test_prefix_cache_and_kv_events_reach_the_router(client: openai.OpenAI, tiny
         and second.usage.prompt_tokens_details is not None
     )
     assert second.usage.prompt_tokens_details.cached_tokens >= 256
-    m = _metrics(tiny.url + "/metrics")
+    m = scrape(tiny.url + "/metrics")
     assert m["dynamo_router_kv_events_total"] > 0
     assert m["dynamo_router_overlap_blocks_total"] >= 2  # the router saw the prefix in vLLM's cache
     assert sum(v for k, v in m.items() if k.startswith("dynamo_router_worker_blocks")) >= 2
