@@ -51,11 +51,13 @@ class KvIndex:
 
     def clear(self, worker: int) -> None:
         """Forget everything a worker holds (a 'cleared' event, a resync, or the worker left)."""
-        mine = self._by_worker.pop(worker, None)
-        if mine:
-            self._by_worker[worker] = set()
-            self.remove(worker, list(mine))
-            del self._by_worker[worker]
+        holders = self._holders
+        for h in self._by_worker.pop(worker, ()):
+            s = holders.get(h)
+            if s is not None:
+                s.discard(worker)
+                if not s:
+                    del holders[h]
 
     def overlaps(self, block_hashes: Sequence[int]) -> dict[int, int]:
         """For each worker holding the first block: how many leading blocks of the prompt it holds."""

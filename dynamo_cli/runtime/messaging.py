@@ -36,9 +36,6 @@ logger = logging.getLogger(__name__)
 Handler = Callable[[bytes, "RequestContext"], AsyncIterator[bytes]]
 
 _ACK, _DATA, _END, _ERR, _KEEP = b"A", b"D", b"E", b"X", b"K"
-_FRAME_ACK = _ACK
-_FRAME_END = _END
-_FRAME_KEEP = _KEEP
 _STATUS = "Status"
 _NO_RESPONDERS = "503"
 
@@ -259,12 +256,12 @@ class _NatsEndpoint(Endpoint):
         publish = nc.publish
         last_sent = self._last_sent
         try:
-            await publish(reply, _FRAME_ACK)
+            await publish(reply, _ACK)
             last_sent[reply] = time.monotonic()
             async for chunk in self._handler(data, ctx):
                 await publish(reply, _DATA + chunk)
                 last_sent[reply] = time.monotonic()
-            await publish(reply, _FRAME_END)
+            await publish(reply, _END)
         except asyncio.CancelledError:
             ctx.cancelled.set()
             raise
@@ -288,7 +285,7 @@ class _NatsEndpoint(Endpoint):
             for reply, t in list(self._last_sent.items()):
                 if t < cutoff:
                     with contextlib.suppress(Exception):
-                        await nc.publish(reply, _FRAME_KEEP)
+                        await nc.publish(reply, _KEEP)
                     self._last_sent[reply] = time.monotonic()
 
     async def stop_accepting(self) -> None:

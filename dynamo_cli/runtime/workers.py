@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Callable
 
 from dynamo_cli.runtime.discovery import DiscoveryEvent, Instance
 
@@ -12,15 +10,12 @@ from dynamo_cli.runtime.discovery import DiscoveryEvent, Instance
 class InstanceSet:
     """Instances of one component by id; optionally filtered to one model."""
 
-    def __init__(self, on_change: Callable[[], None] | None = None):
+    def __init__(self) -> None:
         self._by_id: dict[int, Instance] = {}
         self._suspect: dict[int, float] = {}  # instance id -> until (monotonic)
-        self._on_change = on_change
-        self.changed = asyncio.Event()
 
     def reset(self, instances: list[Instance]) -> None:
         self._by_id = {i.instance_id: i for i in instances}
-        self._notify()
 
     def on_event(self, event: DiscoveryEvent) -> None:
         inst = event.instance
@@ -29,32 +24,24 @@ class InstanceSet:
             self._suspect.pop(inst.instance_id, None)
         else:
             self._by_id[inst.instance_id] = inst
-        self._notify()
-
-    def _notify(self) -> None:
-        self.changed.set()
-        self.changed = asyncio.Event()
-        if self._on_change is not None:
-            self._on_change()
 
     def get(self, instance_id: int) -> Instance | None:
         return self._by_id.get(instance_id)
 
     def ids(self, model: str | None = None) -> list[int]:
-        if self._suspect:
-            now = time.monotonic()
-            self._suspect = {k: v for k, v in self._suspect.items() if v > now}
+        suspected = self.suspected()
         return [
             i
             for i, inst in self._by_id.items()
-            if (model is None or inst.data.get("model") == model) and i not in self._suspect
+            if (model is None or inst.data.get("model") == model) and i not in suspected
         ]
 
     def suspected(self) -> list[int]:
-        if not self._suspect:
-            return []
-        now = time.monotonic()
-        return [k for k, until in self._suspect.items() if until > now]
+        """Instances currently skipped (expired suspicions are forgotten here)."""
+        if self._suspect:
+            now = time.monotonic()
+            self._suspect = {k: until for k, until in self._suspect.items() if until > now}
+        return list(self._suspect)
 
     def suspect(self, instance_id: int, for_s: float) -> None:
         """Skip an instance that failed to answer until discovery confirms it (or ``for_s`` passes)."""
