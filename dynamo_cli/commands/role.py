@@ -14,11 +14,18 @@ class RoleName(str, Enum):
     frontend = "frontend"
     router = "router"
     worker = "worker"
+    decode = "decode"
+    prefill = "prefill"
 
 
 HELP = f"""Run one role in the foreground, e.g. a worker on another machine joining a deployment:
 
   dynamo role worker agg --set infra.etcd=http://head:2379 --set infra.nats=nats://head:4222
+
+  dynamo role prefill disagg --set infra.etcd=http://head:2379 --set infra.nats=nats://head:4222
+
+worker and decode are the same role (a decode worker is a worker with disagg.remote_prefill on);
+prefill pulls work from the deployment's prefill queue.
 
 The role uses the etcd and NATS the profile names ('auto' means the default local ports); it never
 spawns them. SIGINT/SIGTERM drain in-flight work, a second one exits at once.

@@ -22,6 +22,10 @@ Examples:
 
   dynamo run agg --set router.mode=random --set mocker.speedup_ratio=10
 
+  dynamo run disagg --prefill-gpus 0-3 --decode-gpus 4-5   # 1 prefill worker (TP 4), 1 decode (TP 2)
+
+  dynamo run disagg --prefill-workers 2 --decode-workers 2 --engine mocker
+
   dynamo run ./my-profile.yaml
 
 {o.PRECEDENCE_HELP}
@@ -62,6 +66,42 @@ def run(
             show_default=False,
         ),
     ] = None,
+    prefill_workers: Annotated[
+        Optional[int], typer.Option(help="Disagg: prefill worker processes.", show_default=False)
+    ] = None,
+    decode_workers: Annotated[
+        Optional[int], typer.Option(help="Disagg: decode worker processes (= --workers).", show_default=False)
+    ] = None,
+    prefill_gpus: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Disagg: GPUs of the prefill workers, e.g. 0-3 (one worker, TP 4).", show_default=False
+        ),
+    ] = None,
+    decode_gpus: Annotated[
+        Optional[str],
+        typer.Option(help="Disagg: GPUs of the decode workers, e.g. 4-5 (= --gpus).", show_default=False),
+    ] = None,
+    prefill_tp: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Disagg: tensor parallel per prefill worker (splits --prefill-gpus).", show_default=False
+        ),
+    ] = None,
+    decode_tp: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Disagg: tensor parallel per decode worker (splits --decode-gpus).", show_default=False
+        ),
+    ] = None,
+    remote_prefill: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--remote-prefill/--no-remote-prefill",
+            help="Disagg: send long prompts to prefill workers (disagg.remote_prefill).",
+            show_default=False,
+        ),
+    ] = None,
     json_output: o.Json = False,
 ) -> int:
     from dynamo_cli.config.loader import load_config
@@ -77,8 +117,15 @@ def run(
         "workers.count": workers,
         "router.mode": router_mode,
         "mocker.speedup_ratio": speedup,
-        "workers.gpus": gpus,
+        "workers.gpus": decode_gpus or gpus,
+        "prefill_workers.count": prefill_workers,
+        "prefill_workers.gpus": prefill_gpus,
+        "prefill_workers.tensor_parallel_size": prefill_tp,
+        "workers.tensor_parallel_size": decode_tp,
+        "disagg.remote_prefill": remote_prefill,
     }
+    if decode_workers is not None:
+        flags["workers.count"] = decode_workers
     cfg = load_config(profile, sets=sets, flags=flags)
     configure_logging(cfg.log_level)
     return run_deployment(cfg, err_console(), json_output=json_output)

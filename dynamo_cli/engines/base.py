@@ -10,7 +10,7 @@ import abc
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 FinishReason = Literal["stop", "length", "abort", "error"]
 
@@ -34,6 +34,12 @@ class EngineRequest:
     request_id: str
     prompt_token_ids: list[int]
     sampling: SamplingOptions
+    # Disaggregated serving, as vLLM's KV connectors spell it. On a prefill worker,
+    # {"do_remote_decode": True}: compute the prompt's KV and keep it for a remote decode engine; the
+    # final output then carries what that engine needs (EngineOutput.kv_transfer_params). On a decode
+    # worker: those params; the engine takes the prompt's KV from the prefill side instead of computing
+    # it (vLLM pulls it through its NixlConnector; the mocker counts it as already computed).
+    kv_transfer_params: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -45,6 +51,10 @@ class EngineOutput:
     # Set on the first output of a request: how many prompt tokens were served from the prefix cache.
     cached_tokens: int | None = None
     error: str | None = None
+    # Prefill side of disaggregated serving: set on the final output (see EngineRequest).
+    kv_transfer_params: dict[str, Any] | None = None
+    # Set by a decode worker on a request's first output: where its prefill ran and why (metrics).
+    disagg: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)

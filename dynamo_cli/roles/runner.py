@@ -16,10 +16,14 @@ def run_role(name: str, cfg: DynamoConfig, index: int = 0) -> int:
 
     async def main() -> int:
         role: Role
-        if name == "worker":
+        if name in ("worker", "decode"):
             from dynamo_cli.roles.worker import WorkerRole
 
-            role = WorkerRole(cfg, model, index)
+            role = WorkerRole(cfg, model, index, name=name)
+        elif name == "prefill":
+            from dynamo_cli.roles.prefill import PrefillRole
+
+            role = PrefillRole(cfg, model, index)
         elif name == "router":
             from dynamo_cli.roles.router import RouterRole
 

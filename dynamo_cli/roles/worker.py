@@ -21,6 +21,7 @@ from dynamo_cli.engines.base import Engine, KvEvent, LoadMetrics
 from dynamo_cli.errors import RemoteError
 from dynamo_cli.models.resolve import ResolvedModel, read_model_info
 from dynamo_cli.roles.base import Role
+from dynamo_cli.roles.disagg import RemotePrefill
 from dynamo_cli.runtime import protocol
 from dynamo_cli.runtime.messaging import Endpoint, RequestContext
 
@@ -30,9 +31,11 @@ LOAD_INTERVAL_S = 0.1
 
 
 class WorkerRole(Role):
-    def __init__(self, cfg: DynamoConfig, model: ResolvedModel, index: int = 0):
+    """An aggregated worker, or a decode worker when ``disagg.remote_prefill`` is on."""
+
+    def __init__(self, cfg: DynamoConfig, model: ResolvedModel, index: int = 0, *, name: str = "worker"):
         super().__init__(cfg)
-        self.name = f"worker-{index}"
+        self.name = f"{name}-{index}"
         self.model = model
         self.index = index
         self.engine: Engine | None = None
@@ -41,6 +44,14 @@ class WorkerRole(Role):
         self._events: list[KvEvent] = []
         self._events_ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self.remote: RemotePrefill | None = None
+        # Prefill workers exist but remote prefill is off (seed 001): say so on every request.
+        self._off_report: dict[str, Any] | None = (
+            {"outcome": "local", "reason": "remote_prefill_off"}
+            if cfg.disaggregated and not cfg.disagg.remote_prefill
+            else None
+        )
+        self._transfer: Any = None
 
     async def start(self) -> dict[str, Any]:
         # The engine first: loading a model can block this process for a while, and a discovery
@@ -48,10 +59,30 @@ class WorkerRole(Role):
         info = read_model_info(self.model.path)
         self.engine = create_engine(self.cfg, info, self.model.path, instance_seed=self.index)
         publish_events = self.cfg.router.kv_events
-        await self.engine.start(on_kv_event=self._on_kv_event if publish_events else None)
+        disagg = self.cfg.disagg.remote_prefill
+        wants_events = publish_events or disagg  # a decode worker needs its own prefix hits
+        await self.engine.start(on_kv_event=self._on_kv_event if wants_events else None)
         await self.connect()
         assert self.plane is not None and self.discovery is not None
         iid = self.discovery.instance_id
+        if disagg:
+            if self.cfg.engine == "mocker":
+                from dynamo_cli.kv.transfer import KvTransferAgent
+
+                self._transfer = await KvTransferAgent.create(
+                    f"{self.name}-{iid:x}",
+                    backend=self.cfg.disagg.transfer,
+                    arena_bytes=self.cfg.disagg.transfer_arena_mib << 20,
+                )
+            self.remote = RemotePrefill(
+                self.cfg,
+                self.plane,
+                self.discovery,
+                self.engine,
+                kv_bytes_per_token=info.kv_bytes_per_token,
+                transfer=self._transfer,
+            )
+            await self.remote.start()
         subject = protocol.endpoint_subject(self.cfg.namespace, protocol.WORKER, "generate", iid)
         self.endpoint = await self.plane.serve(subject, self._generate)
         state_subject = protocol.endpoint_subject(self.cfg.namespace, protocol.WORKER, "kv_state", iid)
@@ -79,7 +110,13 @@ class WorkerRole(Role):
         assert self.engine is not None
         request = protocol.decode_generate(data)
         encode = protocol.encode_output
+        report = self._off_report
+        if self.remote is not None:
+            request, decision = await self.remote.prepare(request)
+            report = decision.report()
         async for out in self.engine.generate(request):
+            if report is not None:
+                out.disagg, report = report, None
             yield encode(out)
 
     async def _watch_engine(self) -> None:
@@ -99,8 +136,11 @@ class WorkerRole(Role):
 
     # ---- what routers learn from us -----------------------------------------------------------------
     def _on_kv_event(self, event: KvEvent) -> None:
-        self._events.append(event)
-        self._events_ready.set()
+        if self.remote is not None:
+            self.remote.cache.on_event(event)
+        if self.cfg.router.kv_events:
+            self._events.append(event)
+            self._events_ready.set()
 
     async def _publish_events(self) -> None:
         assert self.plane is not None and self.discovery is not None
@@ -140,6 +180,11 @@ class WorkerRole(Role):
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.remote is not None:
+            await self.remote.close()
+        if self._transfer is not None:
+            with contextlib.suppress(Exception):
+                await self._transfer.close()
         if self.engine is not None:
             with contextlib.suppress(Exception):
                 await self.engine.close()

@@ -17,11 +17,12 @@ import httpx
 import yaml
 from rich.console import Console
 
+from dynamo_cli.config.checks import disagg_findings
 from dynamo_cli.config.models import DynamoConfig
 from dynamo_cli.console import emit_json
 from dynamo_cli.errors import StartupError
 from dynamo_cli.models.embedded import cache_root
-from dynamo_cli.models.resolve import ResolvedModel, resolve_model
+from dynamo_cli.models.resolve import ResolvedModel, read_model_info, resolve_model
 from dynamo_cli.runtime.lifecycle import install_signal_handlers
 from dynamo_cli.runtime.placement import worker_envs
 from dynamo_cli.runtime.servers import ServerPlan, etcd_version, nats_info, plan_etcd, plan_nats
@@ -45,14 +46,20 @@ def _server_spec(plan: ServerPlan) -> ProcessSpec:
 
 def role_specs(cfg: DynamoConfig, config_path: Path, workdir: Path) -> list[ProcessSpec]:
     """Every role process of the deployment, in start order (stopped in reverse)."""
-    envs = worker_envs(cfg.workers, "workers", engine=cfg.engine)
-    specs = []
-    for i, env in enumerate(envs):
-        tmp = workdir / f"tmp-worker-{i}"  # engines leave sockets behind: keep them in the run's folder
-        tmp.mkdir(exist_ok=True)
-        env = {**env, "TMPDIR": str(tmp), "VLLM_CACHE_ROOT": str(cache_root() / "vllm")}
-        argv = role_argv("worker", config_path, i)
-        specs.append(ProcessSpec(f"worker-{i}", argv, env=env, max_restarts=cfg.workers.max_restarts))
+    groups = [("decode" if cfg.disaggregated else "worker", "workers", cfg.workers)]
+    if cfg.prefill_workers.size:
+        groups.append(("prefill", "prefill_workers", cfg.prefill_workers))
+    engines = sum(g.size for _, _, g in groups)
+    specs, first = [], 0
+    for role, key, group in groups:
+        envs = worker_envs(group, key, engine=cfg.engine, cpu_first=first, cpu_engines=engines)
+        first += group.size
+        for i, env in enumerate(envs):
+            tmp = workdir / f"tmp-{role}-{i}"  # engines leave sockets behind: keep them in the run's folder
+            tmp.mkdir(exist_ok=True)
+            env = {**env, "TMPDIR": str(tmp), "VLLM_CACHE_ROOT": str(cache_root() / "vllm")}
+            argv = role_argv(role, config_path, i)
+            specs.append(ProcessSpec(f"{role}-{i}", argv, env=env, max_restarts=group.max_restarts))
     specs += [
         ProcessSpec(f"router-{i}", role_argv("router", config_path, i)) for i in range(cfg.router.replicas)
     ]
@@ -92,6 +99,9 @@ class Launcher:
             model: ResolvedModel = await asyncio.to_thread(
                 resolve_model, cfg.model, cfg.served_model_name, weights=weights
             )
+        context = read_model_info(model.path).context_length
+        for finding in disagg_findings(cfg, context):
+            con.print(f"[bold yellow]warning:[/] {finding.message}\n  hint: {finding.hint}")
         plans = [plan_etcd(cfg.infra.etcd, self.workdir), plan_nats(cfg.infra.nats, self.workdir)]
         spawned = [p for p in plans if p.spawn]
         for p in plans:
@@ -110,10 +120,14 @@ class Launcher:
             assert self.url is not None
             health = await _wait_healthy(self.url, timeout)
         elapsed = time.perf_counter() - t0
+        workers = f"{health['workers']} worker(s)"
+        if cfg.disaggregated:
+            mode = "conditional" if cfg.disagg.conditional_disagg else "always"
+            remote = f"remote prefill {mode}" if cfg.disagg.remote_prefill else "remote prefill OFF"
+            workers = f"{health['workers']} decode + {cfg.prefill_workers.size} prefill worker(s), {remote}"
         con.print(
             f"[bold green]Ready[/] in {elapsed:.2f} s: {self.url}/v1 serving [bold]{model.name}[/] "
-            f"with {health['workers']} worker(s),"
-            f" engine {cfg.engine}, router {cfg.router.mode}; Ctrl-C stops."
+            f"with {workers}, engine {cfg.engine}, router {cfg.router.mode}; Ctrl-C stops."
         )
         if self.json_output:
             emit_json(
@@ -168,7 +182,6 @@ def run_deployment(cfg: DynamoConfig, console: Console, *, json_output: bool = F
 def run_async(coro: Any) -> Any:
     try:
         import uvloop
-
-        return uvloop.run(coro)
     except ImportError:
         return asyncio.run(coro)
+    return uvloop.run(coro)  # an ImportError raised by the program itself must not land above

@@ -23,11 +23,19 @@ def gpu_count() -> int:
 
 
 def worker_envs(
-    group: WorkerGroupConfig, role: str, *, engine: str, available_gpus: int | None = None
+    group: WorkerGroupConfig,
+    role: str,
+    *,
+    engine: str,
+    available_gpus: int | None = None,
+    cpu_first: int = 0,
+    cpu_engines: int | None = None,
 ) -> list[dict[str, str]]:
     """One environment per worker of a group. GPU lists are split evenly (each worker's share is its
-    tensor parallel size); on CPU each vLLM worker gets its own slice of the cores."""
-    n = group.count
+    tensor parallel size); on CPU each vLLM worker gets its own slice of the cores, out of
+    ``cpu_engines`` engines on the machine (default: this group's), this group's starting at
+    ``cpu_first``."""
+    n = group.size
     if group.gpus:
         ids = parse_gpu_list(group.gpus)
         have = gpu_count() if available_gpus is None else available_gpus
@@ -49,7 +57,9 @@ def worker_envs(
     if engine != "vllm":
         return [{} for _ in range(n)]
     cores = os.cpu_count() or 1
-    if n > cores:
+    total = n if cpu_engines is None else cpu_engines
+    if total > cores:
         return [{} for _ in range(n)]  # more engines than cores: let vLLM decide
-    per = cores // n
-    return [{"VLLM_CPU_OMP_THREADS_BIND": f"{i * per}-{(i + 1) * per - 1}"} for i in range(n)]
+    per = cores // total
+    slots = range(cpu_first, cpu_first + n)
+    return [{"VLLM_CPU_OMP_THREADS_BIND": f"{i * per}-{(i + 1) * per - 1}"} for i in slots]

@@ -46,6 +46,7 @@ def encode_generate(req: EngineRequest) -> bytes:
             "ign": s.ignore_eos,
             "min": s.min_tokens,
             "stop": s.stop_token_ids,
+            "kv": req.kv_transfer_params,
         }
     )
 
@@ -65,16 +66,20 @@ def decode_generate(data: bytes) -> EngineRequest:
             min_tokens=m["min"],
             stop_token_ids=m["stop"],
         ),
+        kv_transfer_params=m.get("kv"),
     )
 
 
 def encode_output(out: EngineOutput) -> bytes:
-    return _pack((out.token_ids, out.finish_reason, out.cached_tokens, out.error))
+    if out.kv_transfer_params is None and out.disagg is None:
+        return _pack((out.token_ids, out.finish_reason, out.cached_tokens, out.error))
+    return _pack(
+        (out.token_ids, out.finish_reason, out.cached_tokens, out.error, out.kv_transfer_params, out.disagg)
+    )
 
 
 def decode_output(data: bytes) -> EngineOutput:
-    ids, finish, cached, error = unpack(data)
-    return EngineOutput(ids, finish, cached, error)
+    return EngineOutput(*unpack(data))
 
 
 # ---- worker -> router: KV events and load -----------------------------------------------------------

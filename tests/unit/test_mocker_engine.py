@@ -324,3 +324,34 @@ async def test_scheduler_bug_fails_requests_instead_of_hanging(
     monkeypatch.undo()
     tokens, _ = await asyncio.wait_for(collect(e, request(prompt(5), 3)), 2)
     assert len(tokens) == 3  # the scheduler task survived
+
+
+async def test_prefill_for_a_remote_decode_hands_over_all_but_the_last_token(make_engine: MakeEngine) -> None:
+    engine = make_engine(block_size=16)
+    req = request(prompt(100), 1, temperature=0.0)
+    req.kv_transfer_params = {"do_remote_decode": True}
+    _, outputs = await collect(engine, req)
+    assert outputs[-1].kv_transfer_params == {"remote_tokens": 99}
+    _, plain = await collect(engine, request(prompt(100, 3), 1))
+    assert plain[-1].kv_transfer_params is None
+
+
+async def test_remote_kv_skips_the_prefill_and_changes_no_token(make_engine: MakeEngine) -> None:
+    # Speedup 1: a 2000-token prefill takes ~50 ms; with 1999 tokens' KV from elsewhere one token is left.
+    local, remote = make_engine(speedup_ratio=1.0), make_engine(speedup_ratio=1.0)
+    p = prompt(2000)
+    t0 = time.perf_counter()
+    want, _ = await collect(local, request(p, 4, temperature=0.0))
+    local_s = time.perf_counter() - t0
+    events: list[KvEvent] = []
+    await remote.start(on_kv_event=events.append)
+    req = request(p, 4, temperature=0.0)
+    req.kv_transfer_params = {"remote_tokens": 1999}
+    t0 = time.perf_counter()
+    got, outputs = await collect(remote, req)
+    remote_s = time.perf_counter() - t0
+    assert got == want
+    assert outputs[0].cached_tokens == 0  # a prefix-cache hit is not what happened
+    assert remote_s < local_s - 0.03, (remote_s, local_s)
+    stored = [h for e in events if e.kind == "stored" for h in e.block_hashes]
+    assert stored[:124] == sequence_block_hashes(p, 16)[:124]  # the taken-over blocks are cached now

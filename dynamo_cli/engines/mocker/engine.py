@@ -59,6 +59,8 @@ class _Request:
         "offset",
         "pending",
         "prompt_len",
+        "remote_decode",
+        "remote_tokens",
         "rng",
         "sampling",
         "state",
@@ -87,6 +89,11 @@ class _Request:
         self.finish: FinishReason | None = None
         self.error: str | None = None
         self.waiter: asyncio.Future[None] | None = None
+        # Disaggregated serving: a prefill request keeps its KV for a remote decode; a decode request
+        # gets its first ``remote_tokens`` prompt tokens' KV from a prefill worker (no compute time).
+        params = request.kv_transfer_params or {}
+        self.remote_decode = bool(params.get("do_remote_decode"))
+        self.remote_tokens = int(params.get("remote_tokens", 0))
 
     def wake(self) -> None:
         waiter = self.waiter
@@ -142,6 +149,10 @@ class MockerEngine(Engine):
                     req.waiter = None
                 out = EngineOutput(token_ids=req.pending, finish_reason=req.finish, error=req.error)
                 req.pending = []
+                if req.remote_decode and req.finish is not None and req.error is None:
+                    # As with vLLM's NixlConnector, a decode worker takes over the KV of every prompt
+                    # token but the last, which it computes itself to sample the first output token.
+                    out.kv_transfer_params = {"remote_tokens": req.prompt_len - 1}
                 if not req.first_sent:
                     req.first_sent = True
                     out.cached_tokens = req.cached_tokens
@@ -326,8 +337,12 @@ class MockerEngine(Engine):
         while not preempted and waiting and budget > 0 and len(running) < max_seqs:
             req = waiting[0]
             total = len(req.tokens)
-            prefix = pool.match(req.table.hashes, (total - 1) // bs)  # always compute >= 1 token
+            limit = (total - 1) // bs  # always compute >= 1 token
+            prefix = pool.match(req.table.hashes, limit)
             computed = len(prefix) * bs
+            cached = computed
+            if req.remote_tokens:  # KV that came from a prefill worker counts as computed
+                computed = max(computed, min(req.remote_tokens, total - 1))
             n = min(total - computed, budget)
             if computed + n > capacity:  # a recomputed sequence that no longer fits
                 waiting.popleft()
@@ -339,17 +354,21 @@ class MockerEngine(Engine):
             req.state = _RUNNING
             req.num_computed = computed
             if req.num_output == 0:
-                req.cached_tokens = computed
+                req.cached_tokens = cached
             running.append(req)
             scheduled.append((req, n))
             budget -= n
-            prefill_tokens += n
+            if n == 1:  # only the last prompt token left: a forward pass as cheap as a decode step
+                decodes += 1
+            else:
+                prefill_tokens += n
         return scheduled, prefill_tokens, decodes
 
     def _preempt(self, req: _Request) -> None:
         """Free ``req``'s blocks and queue it first in line; it recomputes (mostly from cache) later."""
         self._pool.release(req.table)
         req.num_computed = 0
+        req.remote_tokens = 0  # blocks not yet committed are gone: recompute what the cache lacks
         req.state = _WAITING
         self._waiting.appendleft(req)
         logger.debug("preempted request %s", req.id)

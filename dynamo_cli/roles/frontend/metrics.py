@@ -63,7 +63,54 @@ class FrontendMetrics:
         self.workers = Gauge(
             "dynamo_frontend_workers", "Workers serving the model", ["model"], registry=r
         ).labels(model)
+        # Disaggregated serving: what decode workers did with each prompt, and the KV that moved.
+        self.prefill_decisions = Counter(
+            "dynamo_disagg_prefill_decisions",
+            "Where prompts were prefilled: outcome local, remote or fallback (remote failed or had no "
+            "prefill worker), and the reason",
+            ["model", "outcome", "reason"],
+            registry=r,
+        )
+        self.kv_transfer_bytes = Counter(
+            "dynamo_disagg_kv_transfer_bytes",
+            "KV bytes moved from prefill to decode workers",
+            ["model", "backend"],
+            registry=r,
+        )
+        self.kv_transfer_seconds = Histogram(
+            "dynamo_disagg_kv_transfer_seconds",
+            "Time to move one request's KV (mocker; vLLM's NIXL pull happens inside the engine)",
+            ["model", "backend"],
+            buckets=_ITL_BUCKETS,
+            registry=r,
+        )
+        self.remote_prefill_seconds = Histogram(
+            "dynamo_disagg_remote_prefill_seconds",
+            "Queueing, remote prefill and KV transfer of one request, as the decode worker waited for it",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        ).labels(model)
+        self.prefill_queue_depth = Gauge(
+            "dynamo_disagg_prefill_queue_depth",
+            "Prefills queued or in progress (the JetStream work queue's messages)",
+            ["model"],
+            registry=r,
+        ).labels(model)
         self._model = model
+
+    def count_disagg(self, report: dict) -> None:
+        """One decode worker's report on a request's prefill (EngineOutput.disagg)."""
+        m = self._model
+        self.prefill_decisions.labels(m, report.get("outcome", "?"), report.get("reason", "?")).inc()
+        nbytes = report.get("kv_bytes")
+        if nbytes:
+            backend = str(report.get("kv_backend", "?"))
+            self.kv_transfer_bytes.labels(m, backend).inc(nbytes)
+            if report.get("kv_s") is not None:
+                self.kv_transfer_seconds.labels(m, backend).observe(report["kv_s"])
+        if report.get("remote_s") is not None:
+            self.remote_prefill_seconds.observe(report["remote_s"])
 
     def count(self, endpoint: str, status: int) -> None:
         self.requests.labels(self._model, endpoint, str(status)).inc()

@@ -98,6 +98,8 @@ async def run_generation(
             n_new = len(out.token_ids)
             if out.cached_tokens is not None:
                 gen.cached_tokens = out.cached_tokens
+            if out.disagg is not None:
+                metrics.count_disagg(out.disagg)
             if n_new:
                 if gen.first_token_at is None:
                     gen.first_token_at = now

@@ -21,10 +21,13 @@ from dynamo_cli.roles.frontend.client import WorkerClient
 from dynamo_cli.roles.frontend.metrics import FrontendMetrics
 from dynamo_cli.roles.frontend.server import FrontendState, build_app
 from dynamo_cli.runtime import protocol
+from dynamo_cli.runtime.prefill_queue import PrefillQueue
 from dynamo_cli.runtime.routing_service import RoutingService
 from dynamo_cli.runtime.workers import InstanceSet
 
 logger = logging.getLogger(__name__)
+
+QUEUE_POLL_S = 0.5
 
 
 class _Server(uvicorn.Server):
@@ -60,6 +63,7 @@ class FrontendRole(Role):
         self.server: _Server | None = None
         self.service: RoutingService | None = None
         self._serve_task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> dict[str, Any]:
         fcfg = self.cfg.frontend
@@ -106,10 +110,25 @@ class FrontendRole(Role):
         await self.discovery.register(
             protocol.FRONTEND, {"url": url, "model": self.model.name, "pid": os.getpid()}
         )
+        if self.cfg.disaggregated:
+            self._tasks.append(asyncio.create_task(self._watch_queue(metrics), name="prefill-queue"))
         logger.info("serving %s at %s/v1 (%d worker(s) known)", self.model.name, url, len(workers))
         return {"url": url, "model": self.model.name}
 
+    async def _watch_queue(self, metrics: FrontendMetrics) -> None:
+        """Keep the prefill queue depth gauge current (decode workers read the depth themselves)."""
+        assert self.plane is not None
+        queue = await PrefillQueue.open(
+            self.plane.nc, self.cfg.namespace, redelivery_s=self.cfg.disagg.redelivery_s
+        )
+        while True:
+            with contextlib.suppress(Exception):
+                metrics.prefill_queue_depth.set(await queue.depth())
+            await asyncio.sleep(QUEUE_POLL_S)
+
     async def drain(self) -> None:
+        for task in self._tasks:
+            task.cancel()
         if self.discovery is not None:
             await self.discovery.deregister(protocol.FRONTEND)
         if self.server is not None and self._serve_task is not None:

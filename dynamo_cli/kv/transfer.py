@@ -1,0 +1,519 @@
+"""KV transfer: move a request's KV bytes from a prefill worker's memory into a decode worker's.
+
+Each worker process owns one `KvTransferAgent`: a host-memory arena, registered once (with NIXL when
+used). The prefill side `stage()`s a region, writes the KV bytes into it and hands the region's
+`descriptor` to the decode side, which `fetch()`es it into a region of its own arena: the decode side
+pulls, as in vLLM's NixlConnector. Backends:
+
+- ``nixl``: a one-sided NIXL READ over UCX (cross-memory attach between processes on one host, TCP or
+  RDMA across hosts). See `dynamo_cli.kv.nixl_backend`.
+- ``tcp``: the stager serves its regions on an asyncio socket (on `host`, which peers must be able to
+  reach); the reader receives straight into its arena with ``loop.sock_recv_into``.
+
+Every region starts with a small header (agent incarnation, generation, size). A released region's
+header is cleared at once, and the reader checks the header *after* the bytes arrived (NIXL) or the
+stager refuses to serve it and holds it until a send in flight ends (TCP), so a released or reused
+region gives `TransferError`, never somebody else's bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import itertools
+import logging
+import secrets
+import socket
+import struct
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+logger = logging.getLogger(__name__)
+
+HEADER = 64  # bytes reserved before each region's payload; also the alignment of regions
+_HDR = struct.Struct("<QQQ")  # incarnation, generation, payload bytes (0, 0, 0 once released)
+_REQ = struct.Struct("<4sQQQQ")  # magic, incarnation, offset, nbytes, generation
+_RESP = struct.Struct("<IQ")  # status, nbytes that follow
+_MAGIC = b"KVT1"
+_OK, _GONE = 0, 1
+_POOL_IDLE = 4  # idle TCP connections kept per peer
+_PEER_KEYS = {"tcp": ("host", "port"), "nixl": ("nixl", "base")}  # what each backend reads of a peer
+
+
+Backend = Literal["auto", "nixl", "tcp"]
+
+
+class TransferError(Exception):
+    """A transfer that did not complete: peer gone, timeout, region released, bad metadata."""
+
+
+class ArenaFull(TransferError):
+    """No free region of the asked size in the arena."""
+
+
+@dataclass(frozen=True)
+class TransferResult:
+    nbytes: int
+    seconds: float
+    backend: str
+
+    @property
+    def gbps(self) -> float:
+        return self.nbytes / self.seconds / 1e9 if self.seconds > 0 else float("inf")
+
+
+class _Region:
+    __slots__ = ("generation", "nbytes", "offset", "pins", "released", "size")
+
+    def __init__(self, offset: int, size: int, nbytes: int, generation: int) -> None:
+        self.offset, self.size, self.nbytes, self.generation = offset, size, nbytes, generation
+        self.pins = 0  # TCP sends in flight: the region is freed only when they end
+        self.released = False
+
+
+class _Arena:
+    """A numpy byte array with a first-fit free list of (offset, size), kept sorted and coalesced."""
+
+    def __init__(self, nbytes: int) -> None:
+        self.nbytes = nbytes
+        # numpy asks for transparent huge pages for large arrays (CMA reads run ~2x faster from them
+        # than from 4 KiB pages); every page is touched now rather than faulted in by the first
+        # transfers, so the arena costs its full size in memory from the start.
+        self.array = np.zeros(nbytes, dtype=np.uint8)
+        self.array[::4096] = 0
+        self.view = self.array.data  # a memoryview of the whole arena
+        self._free: list[tuple[int, int]] = [(0, nbytes)]
+
+    @property
+    def free_bytes(self) -> int:
+        return sum(size for _, size in self._free)
+
+    def alloc(self, size: int) -> int:
+        for i, (off, avail) in enumerate(self._free):
+            if avail >= size:
+                if avail == size:
+                    del self._free[i]
+                else:
+                    self._free[i] = (off + size, avail - size)
+                return off
+        raise ArenaFull(
+            f"no free region of {size} bytes in the {self.nbytes}-byte KV transfer arena "
+            f"({self.free_bytes} bytes free in {len(self._free)} pieces)"
+        )
+
+    def free(self, off: int, size: int) -> None:
+        i = bisect.bisect(self._free, (off, size))
+        if i < len(self._free) and self._free[i][0] == off + size:  # merge with the next piece
+            size += self._free.pop(i)[1]
+        if i > 0 and sum(self._free[i - 1]) == off:  # and with the previous one
+            off, size = self._free[i - 1][0], self._free[i - 1][1] + size
+            i -= 1
+            del self._free[i]
+        self._free.insert(i, (off, size))
+
+
+class Staged:
+    """A region of our arena served to peers: write the KV bytes into `view`, send `descriptor`."""
+
+    def __init__(self, agent: KvTransferAgent, region: _Region, descriptor: dict[str, Any]) -> None:
+        self._agent, self._region = agent, region
+        self.view = agent._arena.view[region.offset + HEADER : region.offset + HEADER + region.nbytes]
+        self.descriptor = descriptor
+
+    def release(self) -> None:
+        """Stop serving the region (idempotent); a fetch of it from now on fails."""
+        self._agent._release(self._region)
+        _drop_view(self.view)
+
+
+class Fetched:
+    """A peer's region, copied into a region of our arena."""
+
+    def __init__(self, agent: KvTransferAgent, region: _Region, result: TransferResult) -> None:
+        self._agent, self._region = agent, region
+        self.view = agent._arena.view[region.offset + HEADER : region.offset + HEADER + region.nbytes]
+        self.result = result
+
+    def release(self) -> None:
+        """Give the region back to the arena (idempotent)."""
+        self._agent._release(self._region)
+        _drop_view(self.view)
+
+
+def _drop_view(view: memoryview) -> None:
+    try:  # later use of the view fails loudly instead of reading or writing reused memory
+        view.release()
+    except BufferError:  # the caller still holds an export (np.frombuffer): leave it be
+        pass
+
+
+class _Backend(Protocol):
+    name: str
+
+    def metadata(self) -> dict[str, Any]: ...
+    async def read(
+        self, peer: dict[str, Any], desc: dict[str, Any], local_off: int, timeout: float
+    ) -> None: ...
+    def discard_local(self, local_off: int, free: Callable[[], None]) -> asyncio.Future[Any] | None: ...
+    async def close(self) -> None: ...
+
+
+class KvTransferAgent:
+    """One per worker process: a host-memory arena registered once (with NIXL when used), from which
+    staged regions are served to peers, and into which regions of peers are read."""
+
+    def __init__(self, name: str, arena: _Arena) -> None:
+        self.name = name
+        self.incarnation = secrets.randbits(62) + 1  # tells a restarted peer of the same name apart
+        self._arena = arena
+        self._regions: dict[int, _Region] = {}
+        self._generations = itertools.count(1)
+        self._backend: _Backend
+        self.backend: str = ""
+        self._closed = False
+
+    @classmethod
+    async def create(
+        cls,
+        name: str,
+        *,
+        backend: Backend = "auto",
+        arena_bytes: int = 256 << 20,
+        host: str = "127.0.0.1",
+    ) -> KvTransferAgent:
+        """ "auto": NIXL (UCX) if it imports and initialises, else TCP. `host` is where the TCP backend
+        listens and what it advertises (NIXL/UCX picks its own interfaces)."""
+        if backend not in ("auto", "nixl", "tcp"):
+            raise ValueError(f"unknown KV transfer backend {backend!r} (auto, nixl or tcp)")
+        if arena_bytes < 2 * HEADER:
+            raise ValueError(f"arena_bytes={arena_bytes} is too small")
+        arena = await asyncio.get_running_loop().run_in_executor(None, _Arena, arena_bytes)
+        self = cls(name, arena)
+        if backend in ("auto", "nixl"):
+            try:
+                from dynamo_cli.kv.nixl_backend import NixlBackend
+
+                self._backend = await NixlBackend.create(name, self._arena.array)
+            except Exception as e:
+                reason = f"{type(e).__name__}: {e}"
+                if backend == "nixl":
+                    raise TransferError(
+                        f"NIXL is not usable ({reason}); install it with scripts/install.sh"
+                    ) from e
+                logger.warning("KV transfer over TCP: NIXL is not usable (%s)", reason)
+        if not hasattr(self, "_backend"):
+            tcp = _TcpBackend(self, host)
+            await tcp.start()
+            self._backend = tcp
+        self.backend = self._backend.name
+        logger.info("KV transfer agent %s: %s, arena %d MiB", name, self.backend, arena_bytes >> 20)
+        return self
+
+    @property
+    def arena_bytes(self) -> int:
+        return self._arena.nbytes
+
+    @property
+    def free_bytes(self) -> int:
+        return self._arena.free_bytes
+
+    def metadata(self) -> dict[str, Any]:
+        """Everything a peer needs to read from us (bytes/str/int only: msgpack-able)."""
+        return {
+            "name": self.name,
+            "backend": self.backend,
+            "incarnation": self.incarnation,
+            "arena_bytes": self._arena.nbytes,
+            **self._backend.metadata(),
+        }
+
+    def stage(self, nbytes: int) -> Staged:
+        """A region of `nbytes` to serve to peers; ArenaFull if there is no room."""
+        region = self._new_region(nbytes)
+        _HDR.pack_into(self._arena.view, region.offset, self.incarnation, region.generation, nbytes)
+        desc = {
+            "agent": self.name,
+            "incarnation": self.incarnation,
+            "offset": region.offset,
+            "nbytes": nbytes,
+            "generation": region.generation,
+        }
+        return Staged(self, region, desc)
+
+    async def fetch(
+        self, peer: dict[str, Any], descriptor: dict[str, Any], *, timeout: float = 10.0
+    ) -> Fetched:
+        """Read a peer's staged region into a region of our arena; TransferError on any failure."""
+        self._check(peer, descriptor)
+        region = self._new_region(descriptor["nbytes"])
+        try:
+            t0 = time.perf_counter()
+            await self._backend.read(peer, descriptor, region.offset, timeout)
+        except BaseException as exc:
+            # The backend frees the region once nothing can write into it any more; when it has to
+            # wait for that, so does the caller, unless it is cancelling us.
+            del self._regions[region.offset]
+            pending = self._backend.discard_local(
+                region.offset, lambda: self._arena.free(region.offset, region.size)
+            )
+            if pending is not None and not isinstance(exc, asyncio.CancelledError):
+                await asyncio.wait([pending], timeout=timeout)
+            raise
+        result = TransferResult(region.nbytes, time.perf_counter() - t0, self.backend)
+        return Fetched(self, region, result)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if hasattr(self, "_backend"):
+            await self._backend.close()
+
+    # -- internals ---------------------------------------------------------------------------------
+    def _new_region(self, nbytes: int) -> _Region:
+        if self._closed:
+            raise TransferError(f"KV transfer agent {self.name} is closed")
+        if not isinstance(nbytes, int) or nbytes <= 0:
+            raise ValueError(f"a region needs a positive number of bytes, not {nbytes!r}")
+        size = HEADER + -(-nbytes // HEADER) * HEADER
+        region = _Region(self._arena.alloc(size), size, nbytes, next(self._generations))
+        self._regions[region.offset] = region
+        return region
+
+    def _release(self, region: _Region) -> None:
+        if region.released:
+            return
+        region.released = True
+        _HDR.pack_into(self._arena.view, region.offset, 0, 0, 0)  # readers now see it is gone
+        if region.pins == 0:
+            self._free(region)
+
+    def _free(self, region: _Region) -> None:
+        if self._regions.get(region.offset) is region:
+            del self._regions[region.offset]
+            self._arena.free(region.offset, region.size)
+
+    def _pin(self, incarnation: int, offset: int, nbytes: int, generation: int) -> _Region | None:
+        r = self._regions.get(offset)
+        if incarnation != self.incarnation or r is None or r.released:
+            return None
+        if r.generation != generation or r.nbytes != nbytes:
+            return None
+        r.pins += 1
+        return r
+
+    def _unpin(self, region: _Region) -> None:
+        region.pins -= 1
+        if region.pins == 0 and region.released:
+            self._free(region)
+
+    def _check(self, peer: dict[str, Any], desc: dict[str, Any]) -> None:
+        try:
+            if peer["backend"] != self.backend:
+                raise TransferError(
+                    f"peer {peer['name']} moves KV bytes with {peer['backend']}, this worker with "
+                    f"{self.backend}: install NIXL everywhere (scripts/install.sh) or nowhere"
+                )
+            if desc["agent"] != peer["name"] or desc["incarnation"] != peer["incarnation"]:
+                raise TransferError(
+                    f"descriptor of {desc['agent']} (incarnation {desc['incarnation']}) does not belong "
+                    f"to peer {peer['name']} (incarnation {peer['incarnation']}): did the peer restart?"
+                )
+            for key, where in [*((k, peer) for k in _PEER_KEYS[self.backend]), ("generation", desc)]:
+                if key not in where:
+                    raise KeyError(key)
+            end = desc["offset"] + HEADER + desc["nbytes"]
+            if desc["offset"] < 0 or desc["nbytes"] <= 0 or end > peer["arena_bytes"]:
+                raise TransferError(f"descriptor {desc} lies outside the peer's arena")
+        except KeyError as e:
+            raise TransferError(f"malformed KV transfer metadata or descriptor: missing {e}") from e
+
+
+# -- TCP backend -------------------------------------------------------------------------------------
+async def _recv_exact(loop: asyncio.AbstractEventLoop, sock: socket.socket, view: memoryview) -> None:
+    got, n = 0, len(view)
+    while got < n:
+        k = await loop.sock_recv_into(sock, view[got:])
+        if k == 0:
+            raise ConnectionResetError("peer closed the connection")
+        got += k
+
+
+class _TcpBackend:
+    name = "tcp"
+
+    def __init__(self, agent: KvTransferAgent, host: str) -> None:
+        self._agent, self._host = agent, host
+        self._listener: socket.socket | None = None
+        self._port = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._pool: dict[tuple[str, int], list[socket.socket]] = {}
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        info = await loop.getaddrinfo(self._host, 0, type=socket.SOCK_STREAM)
+        family, _, _, _, addr = info[0]
+        lsock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            lsock.bind(addr)
+            lsock.listen(128)
+            lsock.setblocking(False)
+        except OSError as e:
+            lsock.close()
+            raise TransferError(f"KV transfer cannot listen on {self._host}: {e}") from e
+        self._listener, self._port = lsock, lsock.getsockname()[1]
+        self._spawn(self._accept(lsock), f"kv-tcp-accept-{self._agent.name}")
+
+    def metadata(self) -> dict[str, Any]:
+        return {"host": self._host, "port": self._port}
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _accept(self, lsock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, addr = await loop.sock_accept(lsock)
+            except OSError as e:  # e.g. out of file descriptors: keep serving once it passes
+                logger.warning("KV transfer agent %s cannot accept: %s", self._agent.name, e)
+                await asyncio.sleep(0.1)
+                continue
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn.setblocking(False)
+            self._spawn(self._serve(conn), f"kv-tcp-serve-{addr}")
+
+    async def _serve(self, conn: socket.socket) -> None:
+        loop, agent = asyncio.get_running_loop(), self._agent
+        req = bytearray(_REQ.size)
+        try:
+            while True:
+                await _recv_exact(loop, conn, memoryview(req))
+                magic, incarnation, off, n, gen = _REQ.unpack(req)
+                if magic != _MAGIC:
+                    return
+                region = agent._pin(incarnation, off, n, gen)
+                if region is None:
+                    await loop.sock_sendall(conn, _RESP.pack(_GONE, 0))
+                    continue
+                try:
+                    await loop.sock_sendall(conn, _RESP.pack(_OK, n))
+                    await loop.sock_sendall(conn, agent._arena.view[off + HEADER : off + HEADER + n])
+                finally:
+                    agent._unpin(region)
+        except OSError:  # the reader went away: nothing to tell anyone
+            pass
+        finally:
+            conn.close()
+
+    async def read(self, peer: dict[str, Any], desc: dict[str, Any], local_off: int, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self._read(peer, desc, local_off), timeout)
+        except asyncio.TimeoutError:
+            raise TransferError(f"fetch from {peer['name']} timed out after {timeout} s") from None
+        except OSError as e:
+            raise TransferError(
+                f"fetch from {peer['name']} at {peer['host']}:{peer['port']} failed: {e}"
+            ) from e
+
+    async def _read(self, peer: dict[str, Any], desc: dict[str, Any], local_off: int) -> None:
+        loop = asyncio.get_running_loop()
+        key = (peer["host"], peer["port"])
+        idle = self._pool.get(key)
+        sock = idle.pop() if idle else await self._connect(loop, *key)
+        ok = False
+        try:
+            n = desc["nbytes"]
+            req = _REQ.pack(_MAGIC, desc["incarnation"], desc["offset"], n, desc["generation"])
+            await loop.sock_sendall(sock, req)
+            resp = bytearray(_RESP.size)
+            await _recv_exact(loop, sock, memoryview(resp))
+            status, m = _RESP.unpack(resp)
+            if status != _OK or m != n:
+                ok = True  # the connection is still in step: keep it
+                raise TransferError(
+                    f"region {desc['offset']} of {peer['name']} was released or reused before the read"
+                )
+            start = local_off + HEADER
+            await _recv_exact(loop, sock, self._agent._arena.view[start : start + n])
+            ok = True
+        finally:
+            pool = self._pool.setdefault(key, [])
+            if ok and len(pool) < _POOL_IDLE and not self._agent._closed:
+                pool.append(sock)
+            else:
+                sock.close()
+
+    @staticmethod
+    async def _connect(loop: asyncio.AbstractEventLoop, host: str, port: int) -> socket.socket:
+        family, _, _, _, addr = (await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM))[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setblocking(False)
+            await loop.sock_connect(sock, addr)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def discard_local(self, local_off: int, free: Callable[[], None]) -> None:
+        free()  # the socket is closed or back in step: nothing writes there any more
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for socks in self._pool.values():
+            for s in socks:
+                s.close()
+        self._pool.clear()
+
+
+# -- checkable simulated KV bytes ----------------------------------------------------------------------
+_U64 = 0xFFFF_FFFF_FFFF_FFFF
+
+
+def _slots(view: memoryview, n_blocks: int, bytes_per_block: int) -> np.ndarray | None:
+    """The first 8 bytes of each block as little-endian u64s (a strided numpy view), when aligned."""
+    if bytes_per_block < 8:
+        raise ValueError(f"bytes_per_block must be at least 8, not {bytes_per_block}")
+    if n_blocks * bytes_per_block > view.nbytes:
+        raise ValueError(f"{n_blocks} blocks of {bytes_per_block} bytes do not fit in {view.nbytes} bytes")
+    if bytes_per_block % 8 or n_blocks == 0:
+        return None
+    words = np.frombuffer(view, dtype="<u8", count=n_blocks * bytes_per_block // 8)
+    return words[:: bytes_per_block // 8]
+
+
+def stamp_blocks(view: memoryview, block_hashes: Sequence[int], bytes_per_block: int) -> None:
+    """Write each block's hash (little-endian u64) at the start of that block's bytes."""
+    slots = _slots(view, len(block_hashes), bytes_per_block)
+    if slots is not None:
+        slots[:] = np.fromiter((h & _U64 for h in block_hashes), dtype=np.uint64, count=len(block_hashes))
+        return
+    for i, h in enumerate(block_hashes):
+        struct.pack_into("<Q", view, i * bytes_per_block, h & _U64)
+
+
+def check_stamps(view: memoryview, block_hashes: Sequence[int], bytes_per_block: int) -> bool:
+    """True if every block starts with its hash, as `stamp_blocks` wrote it."""
+    try:
+        slots = _slots(view, len(block_hashes), bytes_per_block)
+    except ValueError:
+        return False
+    want = [h & _U64 for h in block_hashes]
+    if slots is not None:
+        return bool(np.array_equal(slots, np.array(want, dtype=np.uint64)))
+    return all(struct.unpack_from("<Q", view, i * bytes_per_block)[0] == w for i, w in enumerate(want))

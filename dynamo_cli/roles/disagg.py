@@ -1,0 +1,273 @@
+"""A decode worker's side of disaggregated serving: decide where a prompt is prefilled, and if remotely,
+queue the work, wait for it and take the KV over.
+
+The decision is seed 001's rule. A request is prefilled remotely iff ``remote_prefill`` is on and
+(``conditional_disagg`` is off, or its uncached prompt is longer than ``max_local_prefill_length`` and
+fewer than ``max_prefill_queue_size`` prefills are queued or running). The uncached length uses this
+worker's own prefix cache, known from its engine's KV events. Whatever goes wrong on the remote path
+(no prefill worker, a timeout, a failed prefill or transfer) ends in a local prefill, never a failed
+request; the outcome and its reason travel to the frontend with the first output, for its metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from dynamo_cli.config.models import DynamoConfig
+from dynamo_cli.engines.base import Engine, EngineRequest, KvEvent
+from dynamo_cli.kv.hashing import sequence_block_hashes
+from dynamo_cli.runtime import prefill_queue as pq
+from dynamo_cli.runtime.discovery import EtcdDiscovery
+from dynamo_cli.runtime.messaging import NatsRequestPlane
+from dynamo_cli.runtime.workers import InstanceSet
+
+logger = logging.getLogger(__name__)
+
+PREFILL = "prefill"  # the discovery component of prefill workers
+
+# Outcomes: "remote" (prefilled by a prefill worker), "local" (by choice), "fallback" (remote was
+# chosen or needed but did not happen).
+LOCAL, REMOTE, FALLBACK = "local", "remote", "fallback"
+
+
+@dataclass(slots=True)
+class Decision:
+    outcome: str
+    reason: str
+    prompt_tokens: int
+    uncached_tokens: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def report(self) -> dict[str, Any]:
+        return {"outcome": self.outcome, "reason": self.reason, **self.info}
+
+
+def encode_peer(metadata: dict[str, Any]) -> dict[str, Any]:
+    """Transfer metadata as JSON can hold it (discovery values are JSON): bytes become base64."""
+    return {
+        k: {"b64": base64.b64encode(v).decode()} if isinstance(v, bytes) else v for k, v in metadata.items()
+    }
+
+
+def decode_peer(data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: base64.b64decode(v["b64"]) if isinstance(v, dict) and "b64" in v else v for k, v in data.items()
+    }
+
+
+class CachedPrefixes:
+    """The sequence hashes this worker's engine caches, from its own KV events."""
+
+    def __init__(self, block_size: int):
+        self.block_size = block_size
+        self._hashes: set[int] = set()
+
+    def on_event(self, event: KvEvent) -> None:
+        if event.kind == "stored":
+            self._hashes.update(event.block_hashes)
+        elif event.kind == "removed":
+            self._hashes.difference_update(event.block_hashes)
+        else:
+            self._hashes.clear()
+
+    def hit_tokens(self, token_ids: list[int]) -> int:
+        hit = 0
+        for h in sequence_block_hashes(token_ids, self.block_size):
+            if h not in self._hashes:
+                break
+            hit += 1
+        return hit * self.block_size
+
+
+class RemotePrefill:
+    def __init__(
+        self,
+        cfg: DynamoConfig,
+        plane: NatsRequestPlane,
+        discovery: EtcdDiscovery,
+        engine: Engine,
+        *,
+        kv_bytes_per_token: int,
+        transfer: Any = None,  # a KvTransferAgent (mocker engine) or None (vLLM moves KV itself)
+    ):
+        self.cfg = cfg
+        self.d = cfg.disagg
+        self.plane = plane
+        self.discovery = discovery
+        self.engine = engine
+        self.transfer = transfer
+        self.kv_bytes_per_token = kv_bytes_per_token
+        self.cache = CachedPrefixes(engine.block_size)
+        self.prefills = InstanceSet()
+        self.queue: pq.PrefillQueue | None = None
+        self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._reply = pq.done_subject(cfg.namespace, discovery.instance_id)
+        self._unsubscribe: Any = None
+        # Reading the depth and queueing is one step per worker: concurrent requests must not all
+        # see the same short queue and all go remote.
+        self._queue_lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        self.queue = await pq.PrefillQueue.open(
+            self.plane.nc, self.cfg.namespace, redelivery_s=self.d.redelivery_s
+        )
+        self.prefills.reset(await self.discovery.watch(PREFILL, self.prefills.on_event))
+        self._unsubscribe = await self.plane.subscribe(self._reply, self._on_done)
+
+    async def close(self) -> None:
+        if self._unsubscribe is not None:
+            with contextlib.suppress(Exception):
+                await self._unsubscribe()
+        for fut in self._waiting.values():
+            if not fut.done():
+                fut.cancel()
+
+    # ---- deciding -------------------------------------------------------------------------------------
+    async def decide(self, request: EngineRequest) -> Decision:
+        d = self.d
+        n = len(request.prompt_token_ids)
+        uncached = n - self.cache.hit_tokens(request.prompt_token_ids)
+
+        def made(outcome: str, reason: str) -> Decision:
+            return Decision(outcome, reason, n, uncached)
+
+        if not d.remote_prefill:
+            return made(LOCAL, "remote_prefill_off")
+        if d.conditional_disagg and uncached <= d.max_local_prefill_length:
+            return made(LOCAL, "prefix_cached" if n > d.max_local_prefill_length else "short_prompt")
+        if not self.prefills.ids():
+            return made(FALLBACK, "no_prefill_worker")
+        if d.conditional_disagg:
+            assert self.queue is not None
+            try:
+                depth = await self.queue.depth()
+            except Exception as e:  # JetStream trouble must not fail the request
+                logger.warning("cannot read the prefill queue depth (%s); prefilling locally", e)
+                return made(FALLBACK, "queue_error")
+            if depth >= d.max_prefill_queue_size:
+                return made(LOCAL, "queue_full")
+            return made(REMOTE, "long_uncached")
+        return made(REMOTE, "always_remote")
+
+    # ---- the remote path ------------------------------------------------------------------------------
+    async def prepare(self, request: EngineRequest) -> tuple[EngineRequest, Decision]:
+        """The request to give the engine (with the prefill's KV params when remote) and why."""
+        t0 = time.perf_counter()
+        try:
+            async with self._queue_lock:
+                decision = await self.decide(request)
+                if decision.outcome != REMOTE:
+                    return request, decision
+                waiter = await self._enqueue(request, decision.prompt_tokens - decision.uncached_tokens)
+            params = await self._remote(request, waiter, decision)
+        except _Fallback as e:
+            logger.info("request %s: remote prefill failed (%s); prefilling locally", request.request_id, e)
+            decision.outcome, decision.reason = FALLBACK, e.reason
+            return request, decision
+        decision.info["remote_s"] = round(time.perf_counter() - t0, 6)
+        return replace(request, kv_transfer_params=params), decision
+
+    async def _enqueue(self, request: EngineRequest, cached: int) -> asyncio.Future[dict[str, Any]]:
+        assert self.queue is not None
+        rid = request.request_id
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiting[rid] = fut
+        s = request.sampling
+        deadline = time.time() + self.d.prefill_timeout_s
+        work = pq.PrefillWork(
+            rid, request.prompt_token_ids, self._reply, deadline, s.temperature, s.seed, skip_tokens=cached
+        )
+        try:
+            await self.queue.put(work)
+        except Exception as e:
+            self._waiting.pop(rid, None)
+            raise _Fallback("queue_error", str(e)) from e
+        return fut
+
+    async def _remote(
+        self, request: EngineRequest, fut: asyncio.Future[dict[str, Any]], decision: Decision
+    ) -> dict[str, Any]:
+        rid = request.request_id
+        timeout = self.d.prefill_timeout_s
+        try:
+            result = await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            raise _Fallback("prefill_timeout", f"no prefill result within {timeout:g} s") from None
+        finally:
+            self._waiting.pop(rid, None)
+        if not result.get("ok"):
+            raise _Fallback("prefill_failed", str(result.get("error")))
+        decision.info["prefill_worker"] = f"{result['peer']:x}"
+        decision.info["prefill_s"] = result.get("prefill_s")
+        params: dict[str, Any] = result["kv"]
+        if self.transfer is None:  # vLLM: the decode engine pulls the blocks itself (NIXL)
+            decision.info["kv_bytes"] = int(result.get("kv_bytes", 0))
+            decision.info["kv_backend"] = "nixl"
+            return params
+        await self._take_kv(rid, request.prompt_token_ids, result, params, decision)
+        decision.info["kv_tokens"] = int(result.get("kv_tokens", 0))
+        return params
+
+    async def _take_kv(
+        self,
+        rid: str,
+        token_ids: list[int],
+        result: dict[str, Any],
+        params: dict[str, Any],
+        decision: Decision,
+    ) -> None:
+        """Mocker: read the prefill worker's staged KV bytes into ours, check them, let it free them."""
+        from dynamo_cli.kv.transfer import TransferError, check_stamps
+
+        peer_id = int(result["peer"])
+        inst = self.prefills.get(peer_id)
+        try:
+            if inst is None or "transfer" not in inst.data:
+                raise _Fallback("transfer_failed", f"prefill worker {peer_id:x} is gone")
+            peer = decode_peer(inst.data["transfer"])
+            try:
+                fetched = await self.transfer.fetch(peer, result["desc"], timeout=self.d.prefill_timeout_s)
+            except TransferError as e:
+                raise _Fallback("transfer_failed", str(e)) from e
+            try:
+                # The bytes are those of tokens [skip, remote_tokens): whole blocks from skip on.
+                tokens = int(params["remote_tokens"]) - int(result["skip_tokens"])
+                bs = self.engine.block_size
+                skip_blocks = int(result["skip_tokens"]) // bs
+                hashes = sequence_block_hashes(token_ids[: int(params["remote_tokens"])], bs)[skip_blocks:]
+                if not check_stamps(fetched.view, hashes, bs * self.kv_bytes_per_token):
+                    raise _Fallback("transfer_failed", "the KV bytes that arrived are not the prompt's")
+                if fetched.result.nbytes != max(1, tokens * self.kv_bytes_per_token):  # 1: none to move
+                    raise _Fallback(
+                        "transfer_failed", f"got {fetched.result.nbytes} bytes for {tokens} tokens"
+                    )
+            finally:
+                fetched.release()
+            decision.info["kv_bytes"] = fetched.result.nbytes
+            decision.info["kv_s"] = round(fetched.result.seconds, 6)
+            decision.info["kv_backend"] = fetched.result.backend
+        finally:
+            with contextlib.suppress(Exception):
+                await self.plane.publish(pq.release_subject(self.cfg.namespace, peer_id), rid.encode())
+
+    async def _on_done(self, data: bytes) -> None:
+        rid, result = pq.decode_done(data)
+        fut = self._waiting.get(rid)
+        if fut is not None and not fut.done():
+            fut.set_result(result)
+        elif result.get("ok") and "desc" in result:  # late or duplicate: the staged copy can go
+            await self.plane.publish(
+                pq.release_subject(self.cfg.namespace, int(result["peer"])), rid.encode()
+            )
+
+
+class _Fallback(Exception):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason

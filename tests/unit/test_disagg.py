@@ -1,0 +1,129 @@
+"""The decode worker's remote-prefill decision (seed 001's rule) and the start-up findings."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from dynamo_cli.config.checks import disagg_findings
+from dynamo_cli.config.loader import load_config
+from dynamo_cli.engines.base import EngineRequest, KvEvent, SamplingOptions
+from dynamo_cli.kv.hashing import sequence_block_hashes
+from dynamo_cli.roles.disagg import CachedPrefixes, RemotePrefill, decode_peer, encode_peer
+from dynamo_cli.runtime.discovery import DiscoveryEvent, Instance
+
+BS = 16
+
+
+class _Queue:
+    def __init__(self, depth: int = 0, fail: bool = False):
+        self._depth, self.fail, self.reads = depth, fail, 0
+
+    async def depth(self) -> int:
+        self.reads += 1
+        if self.fail:
+            raise OSError("JetStream is gone")
+        return self._depth
+
+
+def _remote(
+    sets: list[str], *, prefill_workers: int = 1, depth: int = 0, fail: bool = False
+) -> RemotePrefill:
+    cfg = load_config(None, sets=["mocker.block_size=16", *sets])
+    engine: Any = SimpleNamespace(block_size=BS)
+    rp = RemotePrefill(cfg, None, SimpleNamespace(instance_id=7), engine, kv_bytes_per_token=8)  # type: ignore[arg-type]
+    rp.queue = _Queue(depth, fail)  # type: ignore[assignment]
+    for i in range(prefill_workers):
+        rp.prefills.on_event(DiscoveryEvent("put", Instance("prefill", 100 + i, {})))
+    return rp
+
+
+def _req(n: int, start: int = 0) -> EngineRequest:
+    return EngineRequest("r", list(range(start, start + n)), SamplingOptions(max_tokens=4))
+
+
+def _decide(rp: RemotePrefill, req: EngineRequest) -> tuple[str, str, int]:
+    d = asyncio.run(rp.decide(req))
+    return d.outcome, d.reason, d.uncached_tokens
+
+
+ON = ["disagg.remote_prefill=true", "disagg.max_local_prefill_length=100", "disagg.max_prefill_queue_size=2"]
+
+
+def test_remote_prefill_off_keeps_everything_local() -> None:
+    assert _decide(_remote([]), _req(5000))[:2] == ("local", "remote_prefill_off")
+
+
+def test_long_uncached_prompt_goes_remote_short_one_stays() -> None:
+    rp = _remote(ON)
+    assert _decide(rp, _req(101)) == ("remote", "long_uncached", 101)
+    assert _decide(rp, _req(100)) == ("local", "short_prompt", 100)
+
+
+def test_uncached_length_uses_the_workers_own_prefix_hits() -> None:
+    rp = _remote(ON)
+    req = _req(200)
+    hashes = sequence_block_hashes(req.prompt_token_ids, BS)
+    rp.cache.on_event(KvEvent(1, "stored", hashes[:8]))  # 128 of 200 tokens cached -> 72 uncached
+    assert _decide(rp, req) == ("local", "prefix_cached", 72)
+    rp.cache.on_event(KvEvent(2, "removed", hashes[4:8]))  # 64 cached -> 136 uncached
+    assert _decide(rp, req) == ("remote", "long_uncached", 136)
+    rp.cache.on_event(KvEvent(3, "cleared"))
+    assert _decide(rp, req)[2] == 200
+
+
+def test_full_queue_keeps_work_local_and_a_broken_one_falls_back() -> None:
+    assert _decide(_remote(ON, depth=2), _req(500))[:2] == ("local", "queue_full")
+    assert _decide(_remote(ON, depth=1), _req(500))[:2] == ("remote", "long_uncached")
+    assert _decide(_remote(ON, fail=True), _req(500))[:2] == ("fallback", "queue_error")
+
+
+def test_unconditional_disagg_sends_everything_remote_whatever_the_queue() -> None:
+    rp = _remote([*ON, "disagg.conditional_disagg=false"], depth=50)
+    assert _decide(rp, _req(3))[:2] == ("remote", "always_remote")
+    assert rp.queue.reads == 0  # type: ignore[union-attr]
+
+
+def test_no_prefill_worker_is_a_counted_fallback() -> None:
+    assert _decide(_remote(ON, prefill_workers=0), _req(500))[:2] == ("fallback", "no_prefill_worker")
+
+
+def test_cached_prefixes_stop_at_the_first_gap() -> None:
+    cache = CachedPrefixes(BS)
+    tokens = list(range(64))
+    h = sequence_block_hashes(tokens, BS)
+    cache.on_event(KvEvent(1, "stored", [h[0], h[2], h[3]]))
+    assert cache.hit_tokens(tokens) == 16
+
+
+def test_transfer_metadata_survives_json_discovery() -> None:
+    md = {"name": "a", "md": b"\x00\xffbytes", "port": 5}
+    assert decode_peer(encode_peer(md)) == md
+
+
+@pytest.mark.parametrize(
+    ("sets", "key"),
+    [
+        (["prefill_workers.count=2"], "disagg.remote_prefill"),  # seed 001
+        (["disagg.remote_prefill=true"], "prefill_workers.count"),
+        (["disagg.remote_prefill=true", "prefill_workers.count=1", "disagg.max_prefill_queue_size=0"],
+         "disagg.max_prefill_queue_size"),
+        (["disagg.remote_prefill=true", "prefill_workers.count=1", "mocker.num_blocks=16",
+          "mocker.block_size=16", "disagg.max_local_prefill_length=300"], "disagg.max_local_prefill_length"),
+    ],
+)  # fmt: skip
+def test_findings_name_each_trap(sets: list[str], key: str) -> None:
+    assert [f.key for f in disagg_findings(load_config(None, sets=sets))] == [key]
+
+
+def test_a_sound_disagg_profile_has_no_findings() -> None:
+    assert disagg_findings(load_config("disagg")) == []
+    assert disagg_findings(load_config("agg")) == []
+
+
+def test_seed_keys_with_hyphens_are_accepted() -> None:
+    cfg = load_config(None, sets=["disagg.remote-prefill=true", "disagg.max-local-prefill-length=7"])
+    assert cfg.disagg.remote_prefill and cfg.disagg.max_local_prefill_length == 7
