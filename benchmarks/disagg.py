@@ -1,6 +1,6 @@
 """Aggregated vs disaggregated serving on the same number of workers, prefill-heavy multi-round QA.
 
-    .venv/bin/python -m benchmarks.disagg [--workers 2] [--users 8] [--rounds 4] [--qps 2] [--json]
+    .venv/bin/python -m benchmarks.disagg [--workers 2] [--users 24] [--rounds 4] [--qps 24] [--json]
 
 Mocker workers at speedup 1 (real simulated prefill and decode time). agg runs ``--workers`` workers;
 disagg runs the same number split into prefill and decode workers (``--prefill`` of them prefill),
@@ -117,6 +117,7 @@ def measure(mode: str, args: argparse.Namespace) -> Run:
     with tempfile.TemporaryDirectory() as tmp:
         flags = ["--engine", "mocker", "--speedup", "1", "--router-mode", "kv"]
         flags += ["--set", "router.replicas=0", "--set", "log_level=warning"]
+        flags += ["--set", f"mocker.max_num_batched_tokens={args.max_batched_tokens}"]
         if mode == "agg":
             flags += ["--workers", str(args.workers)]
         else:
@@ -130,10 +131,12 @@ def measure(mode: str, args: argparse.Namespace) -> Run:
             flags += ["--set", item]
         dep = start(Path(tmp), mode, *flags)
         try:
-            client = openai.AsyncOpenAI(base_url=dep.base_url, api_key="x", max_retries=0, timeout=600)
 
             async def go() -> None:
-                await asyncio.gather(*(_user(client, dep.model, u, args, run) for u in range(args.users)))
+                async with openai.AsyncOpenAI(
+                    base_url=dep.base_url, api_key="x", max_retries=0, timeout=600
+                ) as client:
+                    await asyncio.gather(*(_user(client, dep.model, u, args, run) for u in range(args.users)))
 
             t0 = time.perf_counter()
             asyncio.run(go())
@@ -149,11 +152,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workers", type=int, default=2, help="workers in each deployment")
     ap.add_argument("--prefill", type=int, default=1, help="disagg: how many of them prefill")
-    ap.add_argument("--users", type=int, default=8)
+    ap.add_argument("--users", type=int, default=24)
     ap.add_argument("--rounds", type=int, default=4)
-    ap.add_argument("--qps", type=float, default=2.0, help="requests per second over all users")
+    ap.add_argument("--qps", type=float, default=24.0, help="requests per second over all users")
     ap.add_argument("--system-words", type=int, default=300)
-    ap.add_argument("--doc-words", type=int, default=600, help="new document per round")
+    ap.add_argument("--doc-words", type=int, default=1200, help="new document per round")
+    ap.add_argument(
+        "--max-batched-tokens", type=int, default=2048, help="mocker token budget per step (chunked prefill)"
+    )
     ap.add_argument("--answer-tokens", type=int, default=48)
     ap.add_argument("--modes", nargs="+", default=["agg", "disagg"])
     ap.add_argument(
