@@ -117,10 +117,11 @@ def measure(mode: str, args: argparse.Namespace) -> Run:
     with tempfile.TemporaryDirectory() as tmp:
         flags = ["--engine", "mocker", "--speedup", "1", "--router-mode", "kv"]
         flags += ["--set", "router.replicas=0", "--set", "log_level=warning"]
-        flags += ["--set", f"mocker.max_num_batched_tokens={args.max_batched_tokens}"]
         if mode == "agg":
+            flags += ["--set", f"mocker.max_num_batched_tokens={args.max_batched_tokens}"]
             flags += ["--workers", str(args.workers)]
         else:
+            flags += ["--set", f"mocker.max_num_batched_tokens={args.disagg_batched_tokens}"]
             flags += [
                 "--prefill-workers",
                 str(args.prefill),
@@ -158,7 +159,16 @@ def main() -> None:
     ap.add_argument("--system-words", type=int, default=300)
     ap.add_argument("--doc-words", type=int, default=1200, help="new document per round")
     ap.add_argument(
-        "--max-batched-tokens", type=int, default=2048, help="mocker token budget per step (chunked prefill)"
+        "--max-batched-tokens",
+        type=int,
+        default=2048,
+        help="agg: mocker token budget per step (chunked prefill; vLLM's API-server default on most GPUs)",
+    )
+    ap.add_argument(
+        "--disagg-batched-tokens",
+        type=int,
+        default=8192,
+        help="disagg: the same budget; prefill workers protect no decodes, so they take bigger steps",
     )
     ap.add_argument("--answer-tokens", type=int, default=48)
     ap.add_argument("--modes", nargs="+", default=["agg", "disagg"])
