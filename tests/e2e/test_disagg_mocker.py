@@ -147,3 +147,18 @@ def test_a_prefill_worker_killed_mid_queue_fails_no_request(tmp_path: Path) -> N
         assert "prefill-0" in d.log_text() and "restart" in d.log_text().lower()
     finally:
         d.stop()
+
+
+def test_a_stalled_prefill_worker_times_out_into_a_local_prefill(tmp_path: Path) -> None:
+    d = _disagg(tmp_path, "--speedup", "10", "--set", "disagg.max_local_prefill_length=200",
+                "--set", "disagg.prefill_timeout_s=1.5")  # fmt: skip
+    prefill = d.pid("prefill-0")
+    try:
+        os.kill(prefill, signal.SIGSTOP)  # alive (its lease holds for a while) but doing nothing
+        t0 = time.monotonic()
+        _ask(d, _doc(5, 300))
+        assert 1.4 < time.monotonic() - t0 < 6
+        assert _decisions(d) == {("fallback", "prefill_timeout"): 1}
+    finally:
+        os.kill(prefill, signal.SIGCONT)
+        d.stop()

@@ -127,3 +127,41 @@ def test_a_sound_disagg_profile_has_no_findings() -> None:
 def test_seed_keys_with_hyphens_are_accepted() -> None:
     cfg = load_config(None, sets=["disagg.remote-prefill=true", "disagg.max-local-prefill-length=7"])
     assert cfg.disagg.remote_prefill and cfg.disagg.max_local_prefill_length == 7
+
+
+class _Plane:
+    def __init__(self) -> None:
+        self.published: list[tuple[str, bytes]] = []
+
+    async def publish(self, subject: str, payload: bytes) -> None:
+        self.published.append((subject, payload))
+
+
+class _FailingTransfer:
+    async def fetch(self, peer: dict, desc: dict, *, timeout: float) -> None:
+        from dynamo_cli.kv.transfer import TransferError
+
+        raise TransferError("peer gone")
+
+
+def test_a_failed_transfer_prefills_locally_and_frees_the_staged_copy() -> None:
+    rp = _remote(ON)
+    rp.plane = _Plane()  # type: ignore[assignment]
+    rp.transfer = _FailingTransfer()
+    rp.prefills.on_event(DiscoveryEvent("put", Instance("prefill", 100, {"transfer": {"name": "p"}})))
+    req = _req(500)
+    result = {"ok": True, "peer": 100, "kv": {"remote_tokens": 499}, "desc": {}, "skip_tokens": 0}
+
+    async def go() -> tuple[EngineRequest, Any]:
+        async def enqueue(request: EngineRequest, cached: int) -> asyncio.Future:
+            fut = asyncio.get_running_loop().create_future()
+            fut.set_result(result)
+            return fut
+
+        rp._enqueue = enqueue  # type: ignore[method-assign]
+        return await rp.prepare(req)
+
+    out, decision = asyncio.run(go())
+    assert (decision.outcome, decision.reason) == ("fallback", "transfer_failed")
+    assert out.kv_transfer_params is None  # the engine prefills it all
+    assert [s for s, _ in rp.plane.published] == ["dyn.dynamo.prefill.release.64"]  # type: ignore[attr-defined]
