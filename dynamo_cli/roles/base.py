@@ -8,6 +8,7 @@ import logging
 from typing import Any
 
 from dynamo_cli.config.models import DynamoConfig
+from dynamo_cli.engines.base import Engine
 from dynamo_cli.errors import RequestError, StartupError, UsageError
 from dynamo_cli.runtime.discovery import EtcdDiscovery
 from dynamo_cli.runtime.lifecycle import die_with_parent, install_signal_handlers, report_ready
@@ -49,6 +50,13 @@ class Role(abc.ABC):
         self.discovery = await EtcdDiscovery.connect(
             etcd_url, self.cfg.namespace, ttl=self.cfg.infra.lease_ttl_s
         )
+
+    async def fail_when_dead(self, engine: Engine) -> None:
+        """Mark the role failed (the process exits 1 and is restarted) if its engine dies."""
+        reason = await engine.wait_dead()
+        logger.error("%s", reason)
+        if not self.failed.done():
+            self.failed.set_result(reason)
 
     @abc.abstractmethod
     async def start(self) -> dict[str, Any]:

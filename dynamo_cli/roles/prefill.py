@@ -93,7 +93,7 @@ class PrefillRole(Role):
         await self.discovery.register(PREFILL, record)
         self._tasks = [
             asyncio.create_task(self._pull(), name="prefill-pull"),
-            asyncio.create_task(self._watch_engine(), name="engine-health"),
+            asyncio.create_task(self.fail_when_dead(self.engine), name="engine-health"),
         ]
         return {"instance": f"{iid:x}", "transfer": record.get("transfer_backend")}
 
@@ -215,13 +215,6 @@ class PrefillRole(Role):
 
     async def _on_release(self, data: bytes) -> None:
         self._release(data.decode())
-
-    async def _watch_engine(self) -> None:
-        assert self.engine is not None
-        reason = await self.engine.wait_dead()
-        logger.error("%s", reason)
-        if not self.failed.done():
-            self.failed.set_result(reason)
 
     # ---- stopping -----------------------------------------------------------------------------------
     async def drain(self) -> None:

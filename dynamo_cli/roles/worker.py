@@ -90,7 +90,7 @@ class WorkerRole(Role):
         self._tasks = [
             asyncio.create_task(self._publish_events(), name="kv-events"),
             asyncio.create_task(self._publish_load(), name="load"),
-            asyncio.create_task(self._watch_engine(), name="engine-health"),
+            asyncio.create_task(self.fail_when_dead(self.engine), name="engine-health"),
         ]
         await self.discovery.register(
             protocol.WORKER,
@@ -118,13 +118,6 @@ class WorkerRole(Role):
             if report is not None:
                 out.disagg, report = report, None
             yield encode(out)
-
-    async def _watch_engine(self) -> None:
-        assert self.engine is not None
-        reason = await self.engine.wait_dead()
-        logger.error("%s", reason)
-        if not self.failed.done():
-            self.failed.set_result(reason)
 
     async def _kv_state(self, data: bytes, ctx: RequestContext) -> AsyncIterator[bytes]:
         """Everything we cache, for a router that saw a gap in our event ids."""
