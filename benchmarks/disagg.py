@@ -116,6 +116,8 @@ def measure(mode: str, args: argparse.Namespace) -> Run:
     run = Run(mode)
     with tempfile.TemporaryDirectory() as tmp:
         flags = ["--engine", "mocker", "--speedup", "1", "--router-mode", "kv"]
+        if args.model:
+            flags += ["--model", args.model]
         flags += ["--set", "router.replicas=0", "--set", "log_level=warning"]
         if mode == "agg":
             flags += ["--set", f"mocker.max_num_batched_tokens={args.max_batched_tokens}"]
@@ -172,6 +174,7 @@ def main() -> None:
     )
     ap.add_argument("--answer-tokens", type=int, default=48)
     ap.add_argument("--modes", nargs="+", default=["agg", "disagg"])
+    ap.add_argument("--model", help="model folder (its config sets the KV bytes a token; default: embedded)")
     ap.add_argument(
         "--set", dest="sets", action="append", default=[], help="extra --set for both deployments"
     )

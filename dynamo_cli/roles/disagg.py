@@ -34,6 +34,7 @@ PREFILL = "prefill"  # the discovery component of prefill workers
 # Outcomes: "remote" (prefilled by a prefill worker), "local" (by choice), "fallback" (remote was
 # chosen or needed but did not happen).
 LOCAL, REMOTE, FALLBACK = "local", "remote", "fallback"
+ARENA_WAIT_S = 2.0  # how long a fetch waits for room in this worker's transfer arena
 
 
 @dataclass(slots=True)
@@ -223,7 +224,7 @@ class RemotePrefill:
         decision: Decision,
     ) -> None:
         """Mocker: read the prefill worker's staged KV bytes into ours, check them, let it free them."""
-        from dynamo_cli.kv.transfer import TransferError, check_stamps
+        from dynamo_cli.kv.transfer import ArenaFull, TransferError, check_stamps
 
         peer_id = int(result["peer"])
         inst = self.prefills.get(peer_id)
@@ -231,10 +232,19 @@ class RemotePrefill:
             if inst is None or "transfer" not in inst.data:
                 raise _Fallback("transfer_failed", f"prefill worker {peer_id:x} is gone")
             peer = decode_peer(inst.data["transfer"])
-            try:
-                fetched = await self.transfer.fetch(peer, result["desc"], timeout=self.d.prefill_timeout_s)
-            except TransferError as e:
-                raise _Fallback("transfer_failed", str(e)) from e
+            deadline = time.monotonic() + ARENA_WAIT_S
+            while True:
+                try:
+                    fetched = await self.transfer.fetch(
+                        peer, result["desc"], timeout=self.d.prefill_timeout_s
+                    )
+                    break
+                except ArenaFull as e:  # other requests' KV is still being read in: wait a little
+                    if time.monotonic() > deadline:
+                        raise _Fallback("transfer_failed", str(e)) from e
+                    await asyncio.sleep(0.005)
+                except TransferError as e:
+                    raise _Fallback("transfer_failed", str(e)) from e
             try:
                 # The bytes are those of tokens [skip, remote_tokens): whole blocks from skip on.
                 tokens = int(params["remote_tokens"]) - int(result["skip_tokens"])

@@ -24,13 +24,12 @@ from dynamo_cli.engines.base import Engine, EngineOutput, EngineRequest, Samplin
 from dynamo_cli.kv.hashing import sequence_block_hashes
 from dynamo_cli.models.resolve import ResolvedModel, read_model_info
 from dynamo_cli.roles.base import Role
-from dynamo_cli.roles.disagg import PREFILL, encode_peer
+from dynamo_cli.roles.disagg import ARENA_WAIT_S, PREFILL, encode_peer
 from dynamo_cli.runtime import prefill_queue as pq
 
 logger = logging.getLogger(__name__)
 
 MAX_IN_FLIGHT = 8  # prefills one worker takes from the queue at once (the engine batches them)
-ARENA_WAIT_S = 2.0  # how long a finished prefill waits for room to stage its KV
 
 
 class PrefillRole(Role):
