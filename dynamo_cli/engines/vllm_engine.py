@@ -8,7 +8,9 @@ hashes are only used as ids to map removals back to ours.
 Disaggregated serving (``cfg.disagg.remote_prefill``) runs vLLM's NixlConnector: a prefill request
 ({"do_remote_decode": True}) ends with the params a decode engine needs; a decode request carrying them
 pulls the prompt's KV over NIXL. A transfer that cannot work never fails the request: the decode engine
-prefills locally instead (see ``VllmEngine._transfer_plan`` and ``generate``).
+prefills locally instead (see ``VllmEngine._transfer_plan`` and ``_outputs``). On CPU two vLLM defaults
+are changed, both measured on 2 cores: one core reserved instead of none, and NIXL without its spinning
+progress thread (see ``__getattr__``).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import time
 from array import array
 from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from dynamo_cli.config.models import DynamoConfig
@@ -92,6 +94,36 @@ def side_channel_host(cfg: DynamoConfig) -> str:
     with contextlib.suppress(OSError):
         return socket.gethostbyname(socket.gethostname())
     return "127.0.0.1"
+
+
+if not TYPE_CHECKING:  # hidden from mypy, which would otherwise accept any name on this module
+
+    def __getattr__(name: str) -> Any:
+        """On CPU, vLLM's KV connector factory finds its NixlConnector here (kv_connector_module_path), in
+        the engine's own processes: the same class, whose NIXL agent gets a progress thread that sleeps
+        between UCX events. NIXL's default thread polls with no pause and burns a core per engine, idle
+        or not (two engines on 2 cores: everything crawls); without any thread an idle prefill engine
+        never answers the decode engine's UCX reads, and the pull hangs."""
+        if name != "NixlConnector":
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        import sys
+
+        from vllm.distributed.kv_transfer.kv_connector.v1.nixl import base_worker
+        from vllm.distributed.kv_transfer.kv_connector.v1.nixl.connector import NixlConnector
+
+        from dynamo_cli.kv.nixl_backend import progress_thread_delay
+
+        agent_cls = base_worker.NixlWrapper
+        if agent_cls is not None and not getattr(agent_cls, "sleeping_progress_thread", False):
+            api = sys.modules[agent_cls.__module__]
+
+            def sleeping_agent(*args: Any, **kwargs: Any) -> Any:
+                with progress_thread_delay(api):
+                    return agent_cls(*args, **kwargs)
+
+            sleeping_agent.sleeping_progress_thread = True
+            base_worker.NixlWrapper = sleeping_agent
+        return NixlConnector
 
 
 def _plain(value: Any) -> Any:
@@ -309,7 +341,9 @@ class VllmEngine(Engine):
             # more than that it keeps none, and its spinning scheduler then starves the OpenMP barrier:
             # ~190 ms per decode step instead of ~3 on 2 cores. One reserved core restores the speed.
             os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "1")
-        extra: dict[str, Any] = {"kv_buffer_device": "cpu"} if not self.on_gpu else {}
+        extra: dict[str, Any] = {}
+        if not self.on_gpu:  # host memory, and vLLM's connector class from here (see __getattr__)
+            extra = {"kv_buffer_device": "cpu", "kv_connector_module_path": __name__}
         return KVTransferConfig(
             kv_connector="NixlConnector",
             kv_role="kv_both",

@@ -17,11 +17,12 @@ What this module works around, measured with nixl 1.5.1 on a CPU-only machine:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
 from typing import Any, TypeVar
@@ -63,8 +64,10 @@ def import_nixl_api() -> ModuleType:
     return api
 
 
-def _new_agent(api: Any, name: str) -> Any:
-    """An nixl_agent with a UCX backend whose progress thread sleeps between events (see above)."""
+@contextlib.contextmanager
+def progress_thread_delay(api: Any) -> Iterator[None]:
+    """While open, agents built with ``api.nixl_agent`` get a progress thread that sleeps between
+    events instead of spinning (see above). Also used for vLLM's own NIXL agents."""
     bind = api.nixlBind
     base = bind.nixlAgentConfig
 
@@ -80,9 +83,15 @@ def _new_agent(api: Any, name: str) -> Any:
     with _PATCH_LOCK:
         bind.nixlAgentConfig = _Config
         try:
-            agent = api.nixl_agent(name, api.nixl_agent_config(enable_prog_thread=True, backends=["UCX"]))
+            yield
         finally:
             bind.nixlAgentConfig = base
+
+
+def _new_agent(api: Any, name: str) -> Any:
+    """An nixl_agent with a UCX backend whose progress thread sleeps between events (see above)."""
+    with progress_thread_delay(api):
+        agent = api.nixl_agent(name, api.nixl_agent_config(enable_prog_thread=True, backends=["UCX"]))
     if "UCX" not in agent.backends:
         raise TransferError(f"NIXL has no UCX backend (plugins: {agent.get_plugin_list()})")
     return agent

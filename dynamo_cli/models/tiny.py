@@ -17,7 +17,12 @@ _TOKENIZER_FILES = (
 )
 
 
-def build_tiny_llama(dest: Path, *, seed: int = 0, layers: int = 2, hidden: int = 128) -> Path:
+def build_tiny_llama(
+    dest: Path, *, seed: int = 0, layers: int = 2, hidden: int = 128, weight_scale: float = 1.0
+) -> Path:
+    """``weight_scale`` multiplies every matrix but the embedding: at 1 the random model repeats one
+    token whatever the context; at ~8 its next tokens depend on the context (what a test of KV that
+    moved between engines needs: wrong KV must give other tokens)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -42,5 +47,10 @@ def build_tiny_llama(dest: Path, *, seed: int = 0, layers: int = 2, hidden: int 
         tie_word_embeddings=True,
     )
     model = LlamaForCausalLM(config)
+    if weight_scale != 1.0:
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if param.dim() == 2 and "embed" not in name:
+                    param.mul_(weight_scale)
     model.save_pretrained(str(dest), safe_serialization=True)
     return dest

@@ -207,10 +207,8 @@ class RemotePrefill:
         decision.info["prefill_worker"] = f"{result['peer']:x}"
         decision.info["prefill_s"] = result.get("prefill_s")
         params: dict[str, Any] = result["kv"]
-        if self.transfer is None:  # vLLM: the decode engine pulls the blocks itself (NIXL)
-            decision.info["kv_bytes"] = int(result.get("kv_bytes", 0))
-            decision.info["kv_backend"] = "nixl"
-            return params
+        if self.transfer is None:  # vLLM: the decode engine pulls the blocks itself (NIXL) and
+            return params  # reports how many on its first output
         await self._take_kv(rid, request.prompt_token_ids, result, params, decision)
         decision.info["kv_tokens"] = int(result.get("kv_tokens", 0))
         return params

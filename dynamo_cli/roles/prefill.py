@@ -168,8 +168,10 @@ class PrefillRole(Role):
             return {"ok": False, "error": (last.error if last else None) or "the engine kept no KV"}
         params = last.kv_transfer_params
         if self.transfer is None:  # vLLM: the decode engine pulls the blocks
-            bpb = getattr(self.engine, "kv_bytes_per_block", 0)
-            return {"ok": True, "kv": params, "kv_bytes": len(params.get("remote_block_ids") or []) * bpb}
+            from dynamo_cli.engines.vllm_engine import num_remote_blocks
+
+            nbytes = num_remote_blocks(params) * getattr(self.engine, "kv_bytes_per_block", 0)
+            return {"ok": True, "kv": params, "kv_bytes": nbytes}
         end = int(params["remote_tokens"])
         # What the decode worker lacks, from a block boundary (it may have cached less since it asked).
         bs = self.engine.block_size

@@ -116,7 +116,7 @@ class WorkerRole(Role):
             report = decision.report()
         async for out in self.engine.generate(request):
             if report is not None:
-                out.disagg, report = report, None
+                out.disagg, report = _merge_reports(report, out.disagg), None
             yield encode(out)
 
     async def _kv_state(self, data: bytes, ctx: RequestContext) -> AsyncIterator[bytes]:
@@ -182,3 +182,16 @@ class WorkerRole(Role):
             with contextlib.suppress(Exception):
                 await self.engine.close()
         await super().close()
+
+
+def _merge_reports(worker: dict[str, Any], engine: dict[str, Any] | None) -> dict[str, Any]:
+    """The worker's decision, and what the engine did with the KV (vLLM pulls it itself)."""
+    if not engine:
+        return worker
+    if engine.get("kv_transfer") == "local" and worker.get("outcome") == "remote":
+        # vLLM could not take the KV over (the prefill engine is gone, the params expired...) and
+        # prefilled the prompt itself; its reason (free text) is in the decode worker's log.
+        return {**worker, "outcome": "fallback", "reason": "transfer_failed", "kv_bytes": 0}
+    if engine.get("kv_transfer") == "nixl":
+        return {**worker, "kv_bytes": engine.get("kv_bytes", 0), "kv_backend": "nixl"}
+    return worker

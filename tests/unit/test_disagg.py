@@ -165,3 +165,13 @@ def test_a_failed_transfer_prefills_locally_and_frees_the_staged_copy() -> None:
     assert (decision.outcome, decision.reason) == ("fallback", "transfer_failed")
     assert out.kv_transfer_params is None  # the engine prefills it all
     assert [s for s, _ in rp.plane.published] == ["dyn.dynamo.prefill.release.64"]  # type: ignore[attr-defined]
+
+
+def test_a_vllm_decode_that_could_not_pull_the_kv_is_a_counted_fallback() -> None:
+    from dynamo_cli.roles.worker import _merge_reports
+
+    remote = {"outcome": "remote", "reason": "long_uncached"}
+    assert _merge_reports(remote, {"kv_transfer": "nixl", "kv_blocks": 3, "kv_bytes": 300}) == {
+        **remote, "kv_bytes": 300, "kv_backend": "nixl"}  # fmt: skip
+    assert _merge_reports(remote, {"kv_transfer": "local", "reason": "engine gone"})["outcome"] == "fallback"
+    assert _merge_reports(remote, None) == remote
