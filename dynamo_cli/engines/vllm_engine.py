@@ -8,26 +8,20 @@ hashes are only used as ids to map removals back to ours.
 Disaggregated serving (``cfg.disagg.remote_prefill``) runs vLLM's NixlConnector: a prefill request
 ({"do_remote_decode": True}) ends with the params a decode engine needs; a decode request carrying them
 pulls the prompt's KV over NIXL. A transfer that cannot work never fails the request: the decode engine
-prefills locally instead (see ``VllmEngine._transfer_plan`` and ``_outputs``). On CPU two vLLM defaults
-are changed, both measured on 2 cores: one core reserved instead of none, and NIXL without its spinning
-progress thread (see ``__getattr__``).
+prefills locally instead (see ``vllm_nixl.PullPlanner`` and ``VllmEngine._outputs``). On CPU two vLLM
+defaults are changed, both measured on 2 cores: one core reserved instead of none, and a NIXL progress
+thread that sleeps between events instead of spinning (see ``vllm_nixl``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import importlib.util
 import logging
 import os
-import socket
-import time
-from array import array
 from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from typing import Any
 
 from dynamo_cli.config.models import DynamoConfig
 from dynamo_cli.engines.base import (
@@ -39,9 +33,9 @@ from dynamo_cli.engines.base import (
     KvEventSink,
     LoadMetrics,
 )
+from dynamo_cli.engines.vllm_nixl import PullPlanner, kv_transfer_config, prefill_result
 from dynamo_cli.errors import StartupError
 from dynamo_cli.kv.hashing import chain_hashes, local_block_hashes
-from dynamo_cli.runtime.servers import free_port
 
 logger = logging.getLogger(__name__)
 
@@ -52,99 +46,6 @@ _FINISH: dict[str, FinishReason] = {
     "error": "error",  # vLLM: a retryable internal error (a KV load under the "fail" policy)
     "repetition": "stop",
 }
-
-# ---- disaggregated serving -------------------------------------------------------------------------
-# How long a prefill engine keeps KV blocks no decode engine has pulled (vLLM's kv_lease_duration; a
-# decode engine holding the request extends it with heartbeats while the request waits there).
-KV_LEASE_S = 15
-# A decode engine uses params only up to this long before that lease ends: past it the prefill side may
-# have reused the blocks, and vLLM would read them anyway (it cannot tell), so we prefill locally.
-LEASE_MARGIN_S = 5.0
-# Ours, in a prefill's params (vLLM ignores them; a decode engine strips them): the unix time the lease
-# ends, and a fingerprint of the prompt (vLLM would take KV computed for other tokens without a word).
-EXPIRES_KEY = "dynamo_expires_at"
-PROMPT_KEY = "dynamo_prompt"
-_REMOTE_KEYS = ("remote_engine_id", "remote_request_id", "remote_host", "remote_port", "remote_block_ids")
-_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-_PROBE_TIMEOUT_S = 1.0
-_PROBE_TTL_S = 2.0  # a side channel that answered is not probed again for this long
-_MAX_CONSUMED = 8192  # remembered (engine, request) pairs whose KV this engine already pulled
-_NIXL_RESERVED_CPUS = 2  # cores vLLM on CPU keeps off its OpenMP threads when a KV connector runs
-_hosts_we_set: dict[str, str] = {}
-
-
-def side_channel_host(cfg: DynamoConfig) -> str:
-    """The address a prefill engine's NIXL side channel binds and advertises to decode engines.
-
-    Loopback while nothing of the deployment faces another machine (frontend on loopback, NATS local);
-    otherwise the address this machine reaches the NATS server from (or its hostname's address).
-    VLLM_NIXL_SIDE_CHANNEL_HOST, when set (by the user, not by an engine of this process), wins.
-    """
-    explicit = os.environ.get("VLLM_NIXL_SIDE_CHANNEL_HOST")
-    if explicit and explicit != _hosts_we_set.get("host"):
-        return explicit
-    nats = cfg.infra.nats
-    nats_host = urlsplit(nats).hostname if "://" in nats else None
-    if cfg.frontend.host in _LOOPBACK and (nats_host is None or nats_host in _LOOPBACK):
-        return "127.0.0.1"
-    target = nats_host if nats_host and nats_host not in _LOOPBACK else "10.255.255.255"
-    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.connect((target, 9))  # UDP: picks the route, sends nothing
-        return str(s.getsockname()[0])
-    with contextlib.suppress(OSError):
-        return socket.gethostbyname(socket.gethostname())
-    return "127.0.0.1"
-
-
-if not TYPE_CHECKING:  # hidden from mypy, which would otherwise accept any name on this module
-
-    def __getattr__(name: str) -> Any:
-        """On CPU, vLLM's KV connector factory finds its NixlConnector here (kv_connector_module_path), in
-        the engine's own processes: the same class, whose NIXL agent gets a progress thread that sleeps
-        between UCX events. NIXL's default thread polls with no pause and burns a core per engine, idle
-        or not (two engines on 2 cores: everything crawls); without any thread an idle prefill engine
-        never answers the decode engine's UCX reads, and the pull hangs."""
-        if name != "NixlConnector":
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-        import sys
-
-        from vllm.distributed.kv_transfer.kv_connector.v1.nixl import base_worker
-        from vllm.distributed.kv_transfer.kv_connector.v1.nixl.connector import NixlConnector
-
-        from dynamo_cli.kv.nixl_backend import progress_thread_delay
-
-        agent_cls = base_worker.NixlWrapper
-        if agent_cls is not None and not getattr(agent_cls, "sleeping_progress_thread", False):
-            api = sys.modules[agent_cls.__module__]
-
-            def sleeping_agent(*args: Any, **kwargs: Any) -> Any:
-                with progress_thread_delay(api):
-                    return agent_cls(*args, **kwargs)
-
-            sleeping_agent.sleeping_progress_thread = True
-            base_worker.NixlWrapper = sleeping_agent
-        return NixlConnector
-
-
-def _plain(value: Any) -> Any:
-    """vLLM's params (tuples of block-id lists) as plain msgpack-able lists."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-def prompt_fingerprint(token_ids: list[int]) -> str:
-    return hashlib.blake2b(array("q", token_ids).tobytes(), digest_size=8).hexdigest()
-
-
-def num_remote_blocks(params: dict[str, Any]) -> int:
-    """KV blocks a prefill's params point at (vLLM nests them per KV cache group)."""
-    blocks = params.get("remote_block_ids") or []
-    if blocks and isinstance(blocks[0], int):
-        return len(blocks)
-    return sum(len(group) for group in blocks)
 
 
 def cuda_available() -> bool:
@@ -241,8 +142,7 @@ class VllmEngine(Engine):
         self.kv_transfer_totals = dict.fromkeys(
             ("bytes", "transfers", "failed", "tokens_pulled", "tokens_computed"), 0
         )
-        self._consumed: dict[tuple[str, str], None] = {}
-        self._side_channel_ok: dict[tuple[str, int], float] = {}
+        self._pulls = PullPlanner(cfg)
 
     async def start(self, on_kv_event: KvEventSink | None = None) -> None:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.cfg.vllm.cpu_kv_cache_gib))
@@ -273,7 +173,7 @@ class VllmEngine(Engine):
                 enable_kv_cache_events=True, publisher="zmq", endpoint=endpoint, topic="kv"
             )
         if self.disagg:
-            kwargs["kv_transfer_config"] = self._kv_transfer_config()
+            kwargs["kv_transfer_config"], self.side_channel = kv_transfer_config(self.cfg, self.on_gpu)
         kwargs.update(self.cfg.vllm.extra_args)
         engine = self
 
@@ -320,39 +220,6 @@ class VllmEngine(Engine):
             self._tasks.append(
                 asyncio.create_task(self._relay_events(endpoint, on_kv_event), name="vllm-kv-events")
             )
-
-    def _kv_transfer_config(self) -> Any:
-        """NixlConnector, both roles (a decode worker also prefills locally). The side channel and the
-        CPU reservation are read from the environment by vLLM's engine core when it starts."""
-        if importlib.util.find_spec("nixl") is None:
-            raise StartupError(
-                "disaggregated serving with vLLM needs NIXL, which is not installed",
-                hint="run scripts/install.sh (it installs nixl), or set disagg.remote_prefill: false",
-            )
-        from vllm.config import KVTransferConfig
-
-        host = side_channel_host(self.cfg)
-        port = free_port(host)
-        os.environ["VLLM_NIXL_SIDE_CHANNEL_HOST"] = _hosts_we_set["host"] = host
-        os.environ["VLLM_NIXL_SIDE_CHANNEL_PORT"] = str(port)
-        self.side_channel = (host, port)
-        if not self.on_gpu and len(os.sched_getaffinity(0)) <= _NIXL_RESERVED_CPUS:
-            # With a KV connector vLLM keeps 2 cores off its OpenMP threads (scheduler + NIXL); with no
-            # more than that it keeps none, and its spinning scheduler then starves the OpenMP barrier:
-            # ~190 ms per decode step instead of ~3 on 2 cores. One reserved core restores the speed.
-            os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "1")
-        extra: dict[str, Any] = {}
-        if not self.on_gpu:  # host memory, and vLLM's connector class from here (see __getattr__)
-            extra = {"kv_buffer_device": "cpu", "kv_connector_module_path": __name__}
-        return KVTransferConfig(
-            kv_connector="NixlConnector",
-            kv_role="kv_both",
-            # A load that fails (peer gone, handshake refused, transfer error) recomputes locally
-            # instead of failing the request (vLLM's default is "fail").
-            kv_load_failure_policy="recompute",
-            kv_connector_extra_config={"kv_lease_duration": KV_LEASE_S},
-            **extra,
-        )
 
     def _block_bytes(self) -> int:
         try:
@@ -424,56 +291,6 @@ class VllmEngine(Engine):
             sock.close(linger=0)
             ctx.term()
 
-    def _transfer_plan(self, request: EngineRequest) -> tuple[dict[str, Any] | None, str | None]:
-        """(kv_transfer_params for vLLM, None), or (None, why this request prefills locally).
-
-        A prefill request's params go through as they are. A decode request's (a prefill's output, as
-        is) get what vLLM's NixlConnector wants: do_remote_prefill on, block ids as a tuple per KV cache
-        group, our own keys gone. Params vLLM would wait on forever (incomplete), or read the wrong KV
-        with (past their lease, already pulled once, another prompt's) are refused.
-        """
-        params = request.kv_transfer_params
-        if not params:
-            return None, None
-        if not self.disagg:
-            return None, "disaggregation is off on this engine (disagg.remote_prefill)"
-        if params.get("do_remote_decode"):
-            return dict(params), None
-        missing = [k for k in _REMOTE_KEYS if params.get(k) in (None, "", [])]
-        if missing:
-            return None, f"the prefill's params lack {', '.join(missing)}"
-        if num_remote_blocks(params) == 0:
-            return None, "the prefill's params point at no KV blocks"
-        fingerprint = params.get(PROMPT_KEY)
-        if fingerprint is not None and fingerprint != prompt_fingerprint(request.prompt_token_ids):
-            return None, "the prefill computed another prompt"
-        expires = params.get(EXPIRES_KEY)
-        if isinstance(expires, (int, float)) and time.time() > expires - LEASE_MARGIN_S:
-            return None, "the prefill's KV lease is over or nearly (its blocks may be reused)"
-        key = (str(params["remote_engine_id"]), str(params["remote_request_id"]))
-        if key in self._consumed:
-            return None, "these params were used already (their blocks are freed)"
-        kv = {k: v for k, v in params.items() if k not in (EXPIRES_KEY, PROMPT_KEY)}
-        blocks = kv["remote_block_ids"]
-        kv["remote_block_ids"] = tuple(list(g) for g in ([blocks] if isinstance(blocks[0], int) else blocks))
-        kv["do_remote_prefill"], kv["do_remote_decode"] = True, False
-        return kv, None
-
-    async def _side_channel_answers(self, host: str, port: int) -> bool:
-        """A dead prefill engine costs vLLM a 5 s handshake timeout; a refused connect costs nothing."""
-        now = time.monotonic()
-        if self._side_channel_ok.get((host, port), 0.0) > now:
-            return True
-        try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), _PROBE_TIMEOUT_S)
-        except (OSError, asyncio.TimeoutError):
-            return False
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-        self._side_channel_ok[(host, port)] = now + _PROBE_TTL_S
-        return True
-
     def _stream(self, request: EngineRequest, kv: dict[str, Any] | None) -> AsyncIterator[Any]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
@@ -496,23 +313,6 @@ class VllmEngine(Engine):
         )
         prompt = TokensPrompt(prompt_token_ids=request.prompt_token_ids)
         return self._engine.generate(prompt, params, request.request_id).__aiter__()  # type: ignore[no-any-return]
-
-    async def _plan(self, request: EngineRequest) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-        """(kv_transfer_params for vLLM, what a decode reports on its first output as ``disagg``)."""
-        kv, why = self._transfer_plan(request)
-        if kv is not None and not kv.get("do_remote_decode"):
-            if not await self._side_channel_answers(kv["remote_host"], int(kv["remote_port"])):
-                kv, why = None, "the prefill engine's side channel does not answer (engine gone?)"
-            else:
-                self._consumed[(str(kv["remote_engine_id"]), str(kv["remote_request_id"]))] = None
-                while len(self._consumed) > _MAX_CONSUMED:
-                    del self._consumed[next(iter(self._consumed))]
-                n = num_remote_blocks(kv)
-                return kv, {"kv_transfer": "nixl", "kv_blocks": n, "kv_bytes": n * self.kv_bytes_per_block}
-        if why is None:
-            return kv, None
-        logger.warning("request %s: no KV transfer (%s)", request.request_id, why)
-        return None, {"kv_transfer": "local", "reason": why}
 
     async def _outputs(
         self, request: EngineRequest, kv: dict[str, Any] | None, info: dict[str, Any] | None
@@ -539,7 +339,7 @@ class VllmEngine(Engine):
 
     async def generate(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
         rid = request.request_id
-        kv, info = await self._plan(request)
+        kv, info = await self._pulls.plan(request, self.kv_bytes_per_block)
         first = True
         finished = False
         self._active.add(rid)
@@ -557,7 +357,7 @@ class VllmEngine(Engine):
                     if reason == "error":
                         result.error = "vLLM failed the request"
                     if finished and kv is not None and kv.get("do_remote_decode") and out.kv_transfer_params:
-                        result.kv_transfer_params = self._prefill_result(request, out.kv_transfer_params)
+                        result.kv_transfer_params = prefill_result(request, out.kv_transfer_params)
                     yield result
         except Exception as e:
             if type(e).__name__ == "EngineDeadError":
@@ -570,14 +370,6 @@ class VllmEngine(Engine):
             if not finished:  # the caller went away (or we failed): free the request's blocks
                 with contextlib.suppress(Exception):
                     await self._engine.abort(rid)
-
-    @staticmethod
-    def _prefill_result(request: EngineRequest, params: dict[str, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = _plain(params)
-        if out.get("remote_block_ids"):
-            out[EXPIRES_KEY] = time.time() + KV_LEASE_S
-            out[PROMPT_KEY] = prompt_fingerprint(request.prompt_token_ids)
-        return out
 
     async def abort(self, request_id: str) -> None:
         await self._engine.abort(request_id)

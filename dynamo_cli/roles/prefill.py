@@ -168,7 +168,7 @@ class PrefillRole(Role):
             return {"ok": False, "error": (last.error if last else None) or "the engine kept no KV"}
         params = last.kv_transfer_params
         if self.transfer is None:  # vLLM: the decode engine pulls the blocks
-            from dynamo_cli.engines.vllm_engine import num_remote_blocks
+            from dynamo_cli.engines.vllm_nixl import num_remote_blocks
 
             nbytes = num_remote_blocks(params) * getattr(self.engine, "kv_bytes_per_block", 0)
             return {"ok": True, "kv": params, "kv_bytes": nbytes}
