@@ -20,18 +20,21 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import inspect
 import itertools
 import logging
 import secrets
 import struct
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 import numpy as np
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Awaitable, Callable, Sequence
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +52,20 @@ class TransferError(Exception):
 
 class ArenaFull(TransferError):
     """No free region of the asked size in the arena."""
+
+
+async def when_room(make: Callable[[], T | Awaitable[T]], wait_s: float) -> T:
+    """``make()`` (a stage or a fetch), retried while the arena is full for at most ``wait_s``: other
+    requests' KV in transit is released within moments."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            result = make()
+            return await result if inspect.isawaitable(result) else result
+        except ArenaFull:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.005)
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ PREFILL = "prefill"  # the discovery component of prefill workers
 # Outcomes: "remote" (prefilled by a prefill worker), "local" (by choice), "fallback" (remote was
 # chosen or needed but did not happen).
 LOCAL, REMOTE, FALLBACK = "local", "remote", "fallback"
-ARENA_WAIT_S = 2.0  # how long a fetch waits for room in this worker's transfer arena
+ARENA_WAIT_S = 2.0  # how long a stage or a fetch waits for room in a worker's transfer arena
 
 
 @dataclass(slots=True)
@@ -60,6 +60,23 @@ def decode_peer(data: dict[str, Any]) -> dict[str, Any]:
     return {
         k: base64.b64decode(v["b64"]) if isinstance(v, dict) and "b64" in v else v for k, v in data.items()
     }
+
+
+async def open_transfer(cfg: DynamoConfig, name: str) -> Any:
+    """The KvTransferAgent of a mocker worker; None with vLLM, whose connector moves the KV itself."""
+    if cfg.engine != "mocker":
+        return None
+    from dynamo_cli.kv.transfer import KvTransferAgent
+
+    return await KvTransferAgent.create(
+        name, backend=cfg.disagg.transfer, arena_bytes=cfg.disagg.transfer_arena_mib << 20
+    )
+
+
+def staged_block_hashes(token_ids: list[int], skip: int, end: int, block_size: int) -> list[int]:
+    """The hashes stamped on the KV bytes of tokens [skip, end) (skip is block-aligned): both sides
+    compute them, so bytes of another prompt or another range are caught."""
+    return sequence_block_hashes(token_ids[:end], block_size)[skip // block_size :]
 
 
 class CachedPrefixes:
@@ -95,14 +112,13 @@ class RemotePrefill:
         engine: Engine,
         *,
         kv_bytes_per_token: int,
-        transfer: Any = None,  # a KvTransferAgent (mocker engine) or None (vLLM moves KV itself)
     ):
         self.cfg = cfg
         self.d = cfg.disagg
         self.plane = plane
         self.discovery = discovery
         self.engine = engine
-        self.transfer = transfer
+        self.transfer: Any = None  # a KvTransferAgent (mocker) or None (vLLM moves the KV itself)
         self.kv_bytes_per_token = kv_bytes_per_token
         self.cache = CachedPrefixes(engine.block_size)
         self.prefills = InstanceSet()
@@ -114,7 +130,8 @@ class RemotePrefill:
         # see the same short queue and all go remote.
         self._queue_lock = asyncio.Lock()
 
-    async def start(self) -> None:
+    async def start(self, name: str) -> None:
+        self.transfer = await open_transfer(self.cfg, name)
         self.queue = await pq.PrefillQueue.open(
             self.plane.nc, self.cfg.namespace, redelivery_s=self.d.redelivery_s
         )
@@ -128,6 +145,9 @@ class RemotePrefill:
         for fut in self._waiting.values():
             if not fut.done():
                 fut.cancel()
+        if self.transfer is not None:
+            with contextlib.suppress(Exception):
+                await self.transfer.close()
 
     # ---- deciding -------------------------------------------------------------------------------------
     async def decide(self, request: EngineRequest) -> Decision:
@@ -222,7 +242,7 @@ class RemotePrefill:
         decision: Decision,
     ) -> None:
         """Mocker: read the prefill worker's staged KV bytes into ours, check them, let it free them."""
-        from dynamo_cli.kv.transfer import ArenaFull, TransferError, check_stamps
+        from dynamo_cli.kv.transfer import TransferError, check_stamps, when_room
 
         peer_id = int(result["peer"])
         inst = self.prefills.get(peer_id)
@@ -230,25 +250,18 @@ class RemotePrefill:
             if inst is None or "transfer" not in inst.data:
                 raise _Fallback("transfer_failed", f"prefill worker {peer_id:x} is gone")
             peer = decode_peer(inst.data["transfer"])
-            deadline = time.monotonic() + ARENA_WAIT_S
-            while True:
-                try:
-                    fetched = await self.transfer.fetch(
-                        peer, result["desc"], timeout=self.d.prefill_timeout_s
-                    )
-                    break
-                except ArenaFull as e:  # other requests' KV is still being read in: wait a little
-                    if time.monotonic() > deadline:
-                        raise _Fallback("transfer_failed", str(e)) from e
-                    await asyncio.sleep(0.005)
-                except TransferError as e:
-                    raise _Fallback("transfer_failed", str(e)) from e
             try:
-                # The bytes are those of tokens [skip, remote_tokens): whole blocks from skip on.
-                tokens = int(params["remote_tokens"]) - int(result["skip_tokens"])
+                fetched = await when_room(
+                    lambda: self.transfer.fetch(peer, result["desc"], timeout=self.d.prefill_timeout_s),
+                    ARENA_WAIT_S,
+                )
+            except TransferError as e:
+                raise _Fallback("transfer_failed", str(e)) from e
+            try:
+                skip, end = int(result["skip_tokens"]), int(params["remote_tokens"])
+                tokens = end - skip
                 bs = self.engine.block_size
-                skip_blocks = int(result["skip_tokens"]) // bs
-                hashes = sequence_block_hashes(token_ids[: int(params["remote_tokens"])], bs)[skip_blocks:]
+                hashes = staged_block_hashes(token_ids, skip, end, bs)
                 if not check_stamps(fetched.view, hashes, bs * self.kv_bytes_per_token):
                     raise _Fallback("transfer_failed", "the KV bytes that arrived are not the prompt's")
                 if fetched.result.nbytes != max(1, tokens * self.kv_bytes_per_token):  # 1: none to move

@@ -21,10 +21,9 @@ from typing import Any
 from dynamo_cli.config.models import DynamoConfig
 from dynamo_cli.engines import create_engine
 from dynamo_cli.engines.base import Engine, EngineOutput, EngineRequest, SamplingOptions
-from dynamo_cli.kv.hashing import sequence_block_hashes
 from dynamo_cli.models.resolve import ResolvedModel, read_model_info
 from dynamo_cli.roles.base import Role
-from dynamo_cli.roles.disagg import ARENA_WAIT_S, PREFILL, encode_peer
+from dynamo_cli.roles.disagg import ARENA_WAIT_S, PREFILL, encode_peer, open_transfer, staged_block_hashes
 from dynamo_cli.runtime import prefill_queue as pq
 
 logger = logging.getLogger(__name__)
@@ -48,7 +47,6 @@ class PrefillRole(Role):
         self._busy: set[str] = set()  # request ids being prefilled here
         self._accepting = True
         self._unsubscribe: Any = None
-        self.served = 0
 
     async def start(self) -> dict[str, Any]:
         info = read_model_info(self.model.path)
@@ -74,14 +72,8 @@ class PrefillRole(Role):
             "host": socket.gethostname(),
             "pid": os.getpid(),
         }
-        if self.cfg.engine == "mocker":
-            from dynamo_cli.kv.transfer import KvTransferAgent
-
-            self.transfer = await KvTransferAgent.create(
-                f"{self.name}-{iid:x}",
-                backend=self.cfg.disagg.transfer,
-                arena_bytes=self.cfg.disagg.transfer_arena_mib << 20,
-            )
+        self.transfer = await open_transfer(self.cfg, f"{self.name}-{iid:x}")
+        if self.transfer is not None:
             record["transfer"] = encode_peer(self.transfer.metadata())
             record["transfer_backend"] = self.transfer.backend
         self._unsubscribe = await self.plane.subscribe(
@@ -144,7 +136,6 @@ class PrefillRole(Role):
         result["prefill_s"] = round(time.perf_counter() - t0, 6)
         await self.plane.publish(work.reply, pq.encode_done(work.request_id, result))
         await msg.ack()  # after the result is out: dying before this means redelivery
-        self.served += 1
 
     async def _keep_claimed(self, msg: Any) -> None:
         """A prefill longer than the redelivery time must not be handed to another worker meanwhile."""
@@ -167,11 +158,8 @@ class PrefillRole(Role):
         if last is None or last.error or last.kv_transfer_params is None:
             return {"ok": False, "error": (last.error if last else None) or "the engine kept no KV"}
         params = last.kv_transfer_params
-        if self.transfer is None:  # vLLM: the decode engine pulls the blocks
-            from dynamo_cli.engines.vllm_nixl import num_remote_blocks
-
-            nbytes = num_remote_blocks(params) * getattr(self.engine, "kv_bytes_per_block", 0)
-            return {"ok": True, "kv": params, "kv_bytes": nbytes}
+        if self.transfer is None:  # vLLM: the decode engine pulls the blocks (and counts them)
+            return {"ok": True, "kv": params}
         end = int(params["remote_tokens"])
         # What the decode worker lacks, from a block boundary (it may have cached less since it asked).
         bs = self.engine.block_size
@@ -181,21 +169,13 @@ class PrefillRole(Role):
 
     async def _stage(self, work: pq.PrefillWork, skip: int, end: int) -> dict[str, Any]:
         """Mocker: put the KV bytes of tokens [skip, end) where the decode worker can read them."""
-        from dynamo_cli.kv.transfer import ArenaFull, stamp_blocks
+        from dynamo_cli.kv.transfer import stamp_blocks, when_room
 
         assert self.engine is not None
         bs = self.engine.block_size
         nbytes = max(1, (end - skip) * self.kv_bytes_per_token)
-        deadline = time.monotonic() + ARENA_WAIT_S
-        while True:
-            try:
-                staged = self.transfer.stage(nbytes)
-                break
-            except ArenaFull:  # decode workers are still reading earlier prompts: wait a little
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.005)
-        hashes = sequence_block_hashes(work.token_ids[:end], bs)[skip // bs :]
+        staged = await when_room(lambda: self.transfer.stage(nbytes), ARENA_WAIT_S)
+        hashes = staged_block_hashes(work.token_ids, skip, end, bs)
         stamp_blocks(staged.view, hashes, bs * self.kv_bytes_per_token)
         old = self._staged.pop(work.request_id, None)
         if old is not None:

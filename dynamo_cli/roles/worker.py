@@ -51,7 +51,6 @@ class WorkerRole(Role):
             if cfg.disaggregated and not cfg.disagg.remote_prefill
             else None
         )
-        self._transfer: Any = None
 
     async def start(self) -> dict[str, Any]:
         # The engine first: loading a model can block this process for a while, and a discovery
@@ -66,23 +65,10 @@ class WorkerRole(Role):
         assert self.plane is not None and self.discovery is not None
         iid = self.discovery.instance_id
         if disagg:
-            if self.cfg.engine == "mocker":
-                from dynamo_cli.kv.transfer import KvTransferAgent
-
-                self._transfer = await KvTransferAgent.create(
-                    f"{self.name}-{iid:x}",
-                    backend=self.cfg.disagg.transfer,
-                    arena_bytes=self.cfg.disagg.transfer_arena_mib << 20,
-                )
             self.remote = RemotePrefill(
-                self.cfg,
-                self.plane,
-                self.discovery,
-                self.engine,
-                kv_bytes_per_token=info.kv_bytes_per_token,
-                transfer=self._transfer,
+                self.cfg, self.plane, self.discovery, self.engine, kv_bytes_per_token=info.kv_bytes_per_token
             )
-            await self.remote.start()
+            await self.remote.start(f"{self.name}-{iid:x}")
         subject = protocol.endpoint_subject(self.cfg.namespace, protocol.WORKER, "generate", iid)
         self.endpoint = await self.plane.serve(subject, self._generate)
         state_subject = protocol.endpoint_subject(self.cfg.namespace, protocol.WORKER, "kv_state", iid)
@@ -175,9 +161,6 @@ class WorkerRole(Role):
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.remote is not None:
             await self.remote.close()
-        if self._transfer is not None:
-            with contextlib.suppress(Exception):
-                await self._transfer.close()
         if self.engine is not None:
             with contextlib.suppress(Exception):
                 await self.engine.close()
