@@ -26,7 +26,7 @@ Examples:
 
   dynamo doctor                                  # the agg profile (vLLM, embedded model)
 
-  dynamo doctor disagg --engine vllm --prefill-gpus 0-3 --gpus 4-5
+  dynamo doctor disagg --engine vllm --prefill-gpus 0-3 --decode-gpus 4-5
 
   dynamo doctor agg --model Qwen/Qwen3-0.6B --port 8080
 
@@ -51,7 +51,10 @@ def doctor(
         Optional[int], typer.Option("--port", "-p", help="Frontend port (default: 8000).", show_default=False)
     ] = None,
     gpus: Annotated[
-        Optional[str], typer.Option(help="GPUs for the (decode) workers, e.g. 0-3.", show_default=False)
+        Optional[str],
+        typer.Option(
+            "--gpus", "--decode-gpus", help="GPUs of the (decode) workers, e.g. 0-3.", show_default=False
+        ),
     ] = None,
     prefill_gpus: Annotated[
         Optional[str], typer.Option(help="Disagg: GPUs of the prefill workers.", show_default=False)

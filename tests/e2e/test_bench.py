@@ -148,6 +148,8 @@ def test_steady_state_run_for_a_time(mocker: Deployment, tmp_path: Path) -> None
         "--init-user-id",
         "50",
         "--request-with-user-id",
+        "--log-interval",
+        "1",
         "--output",
         str(out),
         "--json",
@@ -157,6 +159,7 @@ def test_steady_state_run_for_a_time(mocker: Deployment, tmp_path: Path) -> None
     assert all(float(x["launch_time"]) < 3 for x in rows) and 18 <= len(rows) <= 28
     assert min(int(x["user_id"]) for x in rows) == 50 and json.loads(r.stdout)["users"] > 4
     assert max(int(x["question_id"]) for x in rows if x["user_id"] == "53") >= 2  # joined mid-conversation
+    assert r.stderr.count("Performance summary") >= 2  # the summary so far, every --log-interval seconds
 
 
 def test_sharegpt_conversations(mocker: Deployment) -> None:

@@ -7,8 +7,6 @@ import json
 import re
 import shutil
 import socket
-import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,12 +21,12 @@ from dynamo_cli.doctor import CHECKS, diagnose, gpu, model, profile, rdma, servi
 from dynamo_cli.doctor.checks import STATUSES, Check, Context, Result, run_checks
 from dynamo_cli.errors import StartupError
 from dynamo_cli.runtime.servers import free_port
+from tests.unit.test_cli import heavy_imports_after
 
 MakeModelFolder = Callable[..., Path]
 
 GIB = 1 << 30
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
-HEAVY = ("vllm", "torch", "transformers", "fastapi", "aetcd", "nats")
 
 
 class NVMLError_LibraryNotFound(Exception):  # pynvml's names are what the doctor reads
@@ -568,19 +566,8 @@ def test_doctor_with_a_bad_profile_path_exits_2(capsys: pytest.CaptureFixture[st
 
 
 def test_doctor_imports_neither_vllm_nor_torch() -> None:
-    script = (
-        "import sys\n"
-        "from dynamo_cli.app import app\n"
-        "for argv in (['doctor', '--help'], ['doctor', 'agg', '--port', '0'], ['doctor', 'disagg', '--json']):\n"
-        "    try:\n"
-        "        app(argv, standalone_mode=False)\n"
-        "    except SystemExit:\n"
-        "        pass\n"
-        f"print([m for m in {HEAVY!r} if m in sys.modules])\n"
+    heavy, out = heavy_imports_after(
+        ["doctor", "--help"], ["doctor", "agg", "--port", "0"], ["doctor", "disagg", "--json"]
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip().splitlines()[-1] == "[]"
-    assert "Examples" in proc.stdout and " model " in proc.stdout  # the help and a table were printed
+    assert heavy == []
+    assert "Examples" in out and " model " in out  # the help and a table were printed

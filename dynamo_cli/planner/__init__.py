@@ -1,0 +1,1 @@
+"""The planner: watches a deployment and scales its worker groups to hold latency targets."""

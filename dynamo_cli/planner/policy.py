@@ -1,0 +1,183 @@
+"""Scaling policies: from what one interval showed to how many workers each group should have.
+
+Pure functions of their inputs (no I/O, no clock), so every decision can be replayed in a test.
+
+- ``LoadPolicy`` (Dynamo's load-based planner): thresholds on the prefill queue depth per prefill worker
+  and on the decode workers' KV-cache utilisation. A threshold must be crossed for ``hysteresis``
+  intervals in a row before a group moves, by one worker at most, and a group that moved waits
+  ``cooldown_s`` before it moves again.
+- ``SlaPolicy`` (Dynamo's SLA planner): the workers each group needs next interval, from a prediction of
+  the next interval's load and a profile of what one worker sustains within the TTFT and ITL targets.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+from dynamo_cli.planner.connector import Group
+
+
+@dataclass(frozen=True)
+class Bounds:
+    min: int = 1
+    max: int = 8
+
+    def clamp(self, n: int) -> int:
+        return max(self.min, min(self.max, n))
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One interval of the deployment, as the planner's inputs saw it."""
+
+    at: float  # seconds, any monotonic clock
+    replicas: dict[Group, int]
+    request_rate: float = 0.0  # requests/s that arrived in the interval
+    avg_isl: float = 0.0  # prompt tokens per request
+    avg_osl: float = 0.0  # output tokens per request
+    ttft_s: float | None = None  # mean time to first token in the interval
+    itl_s: float | None = None  # mean inter-token latency in the interval
+    prefill_queue_depth: float = 0.0  # prefills queued or running (disaggregated only)
+    kv_utilization: float = 0.0  # mean KV-cache use of the decode (or aggregated) workers, 0..1
+
+
+@dataclass(frozen=True)
+class Decision:
+    group: Group
+    current: int
+    target: int
+    reason: str
+
+    @property
+    def change(self) -> int:
+        return self.target - self.current
+
+
+@dataclass(frozen=True)
+class LoadPolicyConfig:
+    queue_high: float = 2.0  # prefills waiting per prefill worker before adding one
+    queue_low: float = 0.2
+    kv_high: float = 0.7  # decode KV utilisation before adding a worker
+    kv_low: float = 0.3
+    hysteresis: int = 2  # intervals in a row past a threshold before acting
+    cooldown_s: float = 30.0
+
+
+@dataclass
+class LoadPolicy:
+    config: LoadPolicyConfig
+    bounds: dict[Group, Bounds]
+    _streak: dict[tuple[Group, int], int] = field(default_factory=dict)
+    _last_change: dict[Group, float] = field(default_factory=dict)
+
+    def decide(self, obs: Observation) -> list[Decision]:
+        c, out = self.config, []
+        for group, current in obs.replicas.items():
+            if group not in self.bounds:
+                continue
+            if group == "prefill_workers":
+                per = obs.prefill_queue_depth / max(1, current)
+                up, down = per > c.queue_high, per < c.queue_low
+                what = f"prefill queue {obs.prefill_queue_depth:.1f} ({per:.2f} per worker)"
+                limits = f"{c.queue_low:g}..{c.queue_high:g}"
+            else:
+                up, down = obs.kv_utilization > c.kv_high, obs.kv_utilization < c.kv_low
+                what = f"KV utilisation {obs.kv_utilization:.0%}"
+                limits = f"{c.kv_low:.0%}..{c.kv_high:.0%}"
+            step = 1 if up else -1 if down else 0
+            for s in (1, -1):  # a streak breaks as soon as its side is not crossed
+                self._streak[(group, s)] = self._streak.get((group, s), 0) + 1 if step == s else 0
+            decision = self._move(group, current, step, obs.at, f"{what} outside {limits}")
+            if decision is not None:
+                out.append(decision)
+        return out
+
+    def _move(self, group: Group, current: int, step: int, now: float, why: str) -> Decision | None:
+        b = self.bounds[group]
+        if current < b.min or current > b.max:  # out of bounds (someone else scaled it): come back first
+            return self._record(group, current, b.clamp(current), now, f"outside bounds {b.min}..{b.max}")
+        if step == 0 or self._streak[(group, step)] < self.config.hysteresis:
+            return None
+        if now - self._last_change.get(group, -math.inf) < self.config.cooldown_s:
+            return None
+        target = b.clamp(current + step)
+        if target == current:
+            return None
+        n = self._streak[(group, step)]
+        return self._record(group, current, target, now, f"{why} for {n} intervals")
+
+    def _record(self, group: Group, current: int, target: int, now: float, reason: str) -> Decision:
+        self._last_change[group] = now
+        self._streak[(group, 1)] = self._streak[(group, -1)] = 0
+        return Decision(group, current, target, reason)
+
+
+@dataclass(frozen=True)
+class WorkerProfile:
+    """What one worker sustains within the targets, measured by `dynamo planner profile`."""
+
+    prefill_tokens_per_s: float  # prompt tokens/s one worker prefills with TTFT within target
+    decode_tokens_per_s: float  # output tokens/s one worker generates with ITL within target
+
+
+class Predictor:
+    """Next interval's value: a moving average plus the recent linear trend (never below zero)."""
+
+    def __init__(self, window: int = 6) -> None:
+        self.values: deque[float] = deque(maxlen=window)
+
+    def add(self, value: float) -> None:
+        self.values.append(value)
+
+    def predict(self) -> float:
+        v = list(self.values)
+        if not v:
+            return 0.0
+        if len(v) < 3:
+            return v[-1]
+        n = len(v)
+        mean_x, mean_y = (n - 1) / 2, sum(v) / n
+        slope = sum((i - mean_x) * (y - mean_y) for i, y in enumerate(v)) / sum(
+            (i - mean_x) ** 2 for i in range(n)
+        )
+        return max(0.0, mean_y + slope * (n - mean_x))  # the line, one step past the last point
+
+
+@dataclass
+class SlaPolicy:
+    profile: WorkerProfile
+    bounds: dict[Group, Bounds]
+    headroom: float = 0.9  # plan each worker at this share of its profiled capacity
+    max_step: int = 1  # workers a group may move per interval
+    rate: Predictor = field(default_factory=Predictor)
+    isl: Predictor = field(default_factory=Predictor)
+    osl: Predictor = field(default_factory=Predictor)
+
+    def decide(self, obs: Observation) -> list[Decision]:
+        self.rate.add(obs.request_rate)
+        if obs.request_rate > 0:
+            self.isl.add(obs.avg_isl)
+            self.osl.add(obs.avg_osl)
+        rate, isl, osl = self.rate.predict(), self.isl.predict(), self.osl.predict()
+        disagg = "prefill_workers" in obs.replicas and "prefill_workers" in self.bounds
+        need: dict[Group, tuple[float, str]] = {}
+        prefill = rate * isl / (self.profile.prefill_tokens_per_s * self.headroom)
+        decode = rate * osl / (self.profile.decode_tokens_per_s * self.headroom)
+        load = f"predicted {rate:.2f} req/s x ({isl:.0f} in, {osl:.0f} out) tokens"
+        if disagg:
+            need["prefill_workers"] = (prefill, f"{load}: {prefill:.2f} prefill workers' worth")
+            need["workers"] = (decode, f"{load}: {decode:.2f} decode workers' worth")
+        else:  # an aggregated worker does both: their times add up
+            need["workers"] = (prefill + decode, f"{load}: {prefill + decode:.2f} workers' worth")
+        out = []
+        for group, (workers, why) in need.items():
+            if group not in self.bounds or group not in obs.replicas:
+                continue
+            current = obs.replicas[group]
+            wanted = self.bounds[group].clamp(math.ceil(workers - 1e-9))
+            target = current + max(-self.max_step, min(self.max_step, wanted - current))
+            if target != current:
+                out.append(Decision(group, current, target, f"{why}, want {wanted}"))
+        return out
