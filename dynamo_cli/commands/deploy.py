@@ -1,0 +1,122 @@
+"""`dynamo deploy k8s PROFILE`: the deployment as Kubernetes manifests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from dynamo_cli.commands import options as o
+
+app = typer.Typer(help="Write a deployment for a cluster instead of running it here.", no_args_is_help=True)
+
+HELP = f"""Write the Kubernetes objects of a deployment as YAML: a ConfigMap with the resolved profile, etcd
+and NATS (JetStream) with their Services, the workers, the router, the frontend with its Service,
+and the planner with a service account allowed to scale the worker Deployments.
+
+Examples:
+
+  dynamo deploy k8s agg --engine mocker | kubectl apply -f -
+
+  dynamo deploy k8s agg --model Qwen/Qwen3-0.6B --gpus 0-3 --image registry.example.com/dynamo-cli:0.1.0
+
+  dynamo deploy k8s disagg --prefill-workers 2 --workers 2 --k8s-namespace llm -o deploy/   # a file each
+
+  dynamo deploy k8s ./my-profile.yaml --set router.replicas=2 -o dynamo.yaml
+
+Every pod runs `dynamo role ROLE /etc/dynamo/profile.yaml`, so the image needs dynamo-cli (and vLLM
+for --engine vllm). The profile's infra.etcd and infra.nats are replaced by the cluster's Services
+and the frontend listens on 0.0.0.0. GPU lists give each worker pod its share as nvidia.com/gpu
+(which GPUs is Kubernetes' choice); a model folder must exist inside the image. Scale-down drains: the
+worker pods' grace period outlasts supervisor.stop_timeout_s.
+
+{o.PRECEDENCE_HELP}
+"""
+
+
+@app.command("k8s", help=HELP)
+def k8s(
+    profile: Annotated[
+        str, typer.Argument(help="Built-in profile name (agg, disagg) or path to a YAML profile.")
+    ],
+    sets: o.Sets = None,
+    model: o.Model = None,
+    engine: o.Engine = None,
+    namespace: o.Namespace = None,
+    workers: Annotated[
+        Optional[int],
+        typer.Option(
+            "--workers", "-w", help="Workers (decode workers when disaggregated).", show_default=False
+        ),
+    ] = None,
+    gpus: Annotated[
+        Optional[str],
+        typer.Option(
+            help="GPUs of the workers, e.g. 0-3: their count sets the GPUs per pod.", show_default=False
+        ),
+    ] = None,
+    prefill_workers: Annotated[
+        Optional[int], typer.Option(help="Disagg: prefill workers.", show_default=False)
+    ] = None,
+    prefill_gpus: Annotated[
+        Optional[str], typer.Option(help="Disagg: GPUs of the prefill workers, e.g. 0-3.", show_default=False)
+    ] = None,
+    image: Annotated[
+        Optional[str],
+        typer.Option(help="Image of the role pods (default: dynamo-cli:VERSION).", show_default=False),
+    ] = None,
+    k8s_namespace: Annotated[
+        str, typer.Option("--k8s-namespace", help="Kubernetes namespace of every object.")
+    ] = "default",
+    etcd_image: Annotated[Optional[str], typer.Option(help="etcd image.", show_default=False)] = None,
+    nats_image: Annotated[Optional[str], typer.Option(help="NATS image.", show_default=False)] = None,
+    output: Annotated[
+        str,
+        typer.Option(
+            "--output", "-o", help="'-' (stdout), a FILE, or a DIR (one file per object, ends in /)."
+        ),
+    ] = "-",
+) -> None:
+    from dynamo_cli.config.loader import load_config
+    from dynamo_cli.deploy import k8s as kube
+
+    flags = {
+        **o.common_flags(model, engine, namespace),
+        "workers.count": workers,
+        "workers.gpus": gpus,
+        "prefill_workers.count": prefill_workers,
+        "prefill_workers.gpus": prefill_gpus,
+    }
+    cfg = load_config(profile, sets=sets, flags=flags)
+    objs = kube.manifests(
+        cfg,
+        image=image or kube.DEFAULT_IMAGE,
+        namespace=k8s_namespace,
+        etcd_image=etcd_image or kube.ETCD_IMAGE,
+        nats_image=nats_image or kube.NATS_IMAGE,
+    )
+    if output == "-":
+        typer.echo(kube.to_yaml(objs), nl=False)
+        return
+    _write(objs, Path(output), as_dir=output.endswith("/"))
+
+
+def _write(objs: list[dict[str, object]], path: Path, *, as_dir: bool) -> None:
+    from dynamo_cli.console import err_console
+    from dynamo_cli.deploy.k8s import to_yaml
+    from dynamo_cli.errors import UsageError
+
+    try:
+        if as_dir or path.is_dir():
+            path.mkdir(parents=True, exist_ok=True)
+            for i, obj in enumerate(objs):
+                meta = obj["metadata"]
+                assert isinstance(meta, dict)
+                name = f"{i:02d}-{str(obj['kind']).lower()}-{meta['name']}.yaml"
+                (path / name).write_text(to_yaml([obj]))
+        else:
+            path.write_text(to_yaml(objs))
+    except OSError as e:
+        raise UsageError(f"cannot write {path}: {e.strerror}", hint="check the --output path") from e
+    err_console().print(f"wrote {len(objs)} Kubernetes objects to {path}")
