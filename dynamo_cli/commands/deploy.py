@@ -37,9 +37,7 @@ worker pods' grace period outlasts supervisor.stop_timeout_s.
 
 @app.command("k8s", help=HELP)
 def k8s(
-    profile: Annotated[
-        str, typer.Argument(help="Built-in profile name (agg, disagg) or path to a YAML profile.")
-    ],
+    profile: o.ProfileArg,
     sets: o.Sets = None,
     model: o.Model = None,
     engine: o.Engine = None,

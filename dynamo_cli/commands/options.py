@@ -10,6 +10,9 @@ Profile = Annotated[
     Optional[str],
     typer.Argument(help="Built-in profile name (agg, disagg) or path to a YAML profile.", show_default=False),
 ]
+ProfileArg = Annotated[
+    str, typer.Argument(help="Built-in profile name (agg, disagg) or path to a YAML profile.")
+]
 Sets = Annotated[
     Optional[list[str]],
     typer.Option(

@@ -33,9 +33,7 @@ Examples:
 
 
 def run(
-    profile: Annotated[
-        str, typer.Argument(help="Built-in profile name (agg, disagg) or path to a YAML profile.")
-    ],
+    profile: o.ProfileArg,
     sets: o.Sets = None,
     model: o.Model = None,
     engine: o.Engine = None,
