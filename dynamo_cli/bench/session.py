@@ -54,6 +54,21 @@ class LoadOptions:
         if min(self.shared_system_prompt, self.user_history_prompt) < 0:
             raise UsageError("Prompt lengths cannot be negative.", "Pass 0 or more tokens.")
 
+    def spec(self, base_url: str, model: str, api_key: str | None) -> LoadSpec:
+        return LoadSpec(
+            base_url=base_url,
+            model=model,
+            num_users=self.num_users,
+            num_rounds=self.num_rounds,
+            qps=self.qps,
+            duration=self.time,
+            init_user_id=self.init_user_id,
+            request_with_user_id=self.request_with_user_id,
+            ignore_eos=self.ignore_eos,
+            api_key=api_key,
+            timeout=self.timeout,
+        )
+
     def workload(self) -> Workload:
         conversations = None
         if self.sharegpt:
@@ -88,26 +103,13 @@ def run_load(
             model = asyncio.run(served_model(base_url, api_key))
         except (HttpError, ValueError) as e:
             raise StartupError(str(e), "Is the server up? Pass --base-url http://HOST:PORT/v1.") from None
-    spec = LoadSpec(
-        base_url=base_url,
-        model=model,
-        num_users=opts.num_users,
-        num_rounds=opts.num_rounds,
-        qps=opts.qps,
-        duration=opts.time,
-        init_user_id=opts.init_user_id,
-        request_with_user_id=opts.request_with_user_id,
-        ignore_eos=opts.ignore_eos,
-        api_key=api_key,
-        timeout=opts.timeout,
-    )
+    spec = opts.spec(base_url, model, api_key)
     try:
         load = MultiRoundLoad(spec, workload)
     except ValueError as e:
         raise UsageError(str(e), "See dynamo bench multi-round-qa --help.") from None
-    expected = None if opts.time else opts.num_users * opts.num_rounds
-    if opts.sharegpt and workload.sharegpt:
-        expected = None
+    # ShareGPT conversations may have fewer rounds than asked for: the total is not known up front
+    expected = None if opts.time or workload.sharegpt else opts.num_users * opts.num_rounds
     view = _LiveView(load, expected, label or f"{model} @ {base_url}")
     con = err_console()
 

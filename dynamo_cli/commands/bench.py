@@ -195,8 +195,8 @@ def compare(
             out, plot_to = output_dir / f"{stem}.csv", output_dir / f"{stem}.png"
         with deployment(spec, _run_flags(engine, sets, model)) as (url, served, label):
             summaries[spec] = _measure(load, url, served, None, log_interval, json_out, out, plot_to, label)
-        if output_dir is not None:
-            (output_dir / f"{Path(str(out)).stem}.txt").write_text(summary_block(summaries[spec]) + "\n")
+        if out is not None:
+            out.with_suffix(".txt").write_text(summary_block(summaries[spec]) + "\n")
     if json_out:
         emit_json({"runs": summaries})
         return

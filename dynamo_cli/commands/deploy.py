@@ -48,18 +48,11 @@ def k8s(
             "--workers", "-w", help="Workers (decode workers when disaggregated).", show_default=False
         ),
     ] = None,
-    gpus: Annotated[
-        Optional[str],
-        typer.Option(
-            help="GPUs of the workers, e.g. 0-3: their count sets the GPUs per pod.", show_default=False
-        ),
-    ] = None,
+    gpus: o.Gpus = None,
     prefill_workers: Annotated[
         Optional[int], typer.Option(help="Disagg: prefill workers.", show_default=False)
     ] = None,
-    prefill_gpus: Annotated[
-        Optional[str], typer.Option(help="Disagg: GPUs of the prefill workers, e.g. 0-3.", show_default=False)
-    ] = None,
+    prefill_gpus: o.PrefillGpus = None,
     image: Annotated[
         Optional[str],
         typer.Option(help="Image of the role pods (default: dynamo-cli:VERSION).", show_default=False),

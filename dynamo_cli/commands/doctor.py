@@ -50,15 +50,8 @@ def doctor(
     port: Annotated[
         Optional[int], typer.Option("--port", "-p", help="Frontend port (default: 8000).", show_default=False)
     ] = None,
-    gpus: Annotated[
-        Optional[str],
-        typer.Option(
-            "--gpus", "--decode-gpus", help="GPUs of the (decode) workers, e.g. 0-3.", show_default=False
-        ),
-    ] = None,
-    prefill_gpus: Annotated[
-        Optional[str], typer.Option(help="Disagg: GPUs of the prefill workers.", show_default=False)
-    ] = None,
+    gpus: o.Gpus = None,
+    prefill_gpus: o.PrefillGpus = None,
     json_output: o.Json = False,
 ) -> int:
     from dynamo_cli.config.loader import load_config

@@ -34,6 +34,15 @@ Engine = Annotated[
 Namespace = Annotated[
     Optional[str], typer.Option("--namespace", help="Deployment namespace.", show_default=False)
 ]
+Gpus = Annotated[
+    Optional[str],
+    typer.Option(
+        "--gpus", "--decode-gpus", help="GPUs of the (decode) workers, e.g. 0-3.", show_default=False
+    ),
+]
+PrefillGpus = Annotated[
+    Optional[str], typer.Option(help="Disagg: GPUs of the prefill workers, e.g. 0-3.", show_default=False)
+]
 Json = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
 
 PRECEDENCE_HELP = (
