@@ -7,7 +7,7 @@ import sys
 import typer
 
 from dynamo_cli import __version__
-from dynamo_cli.commands import bench, config_cmd, deploy, doctor, role, run
+from dynamo_cli.commands import bench, config_cmd, deploy, doctor, planner, role, run
 
 app = typer.Typer(
     name="dynamo",
@@ -24,6 +24,7 @@ app.command("doctor", help=doctor.HELP)(doctor.doctor)
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(bench.app, name="bench")
 app.add_typer(deploy.app, name="deploy")
+app.add_typer(planner.app, name="planner")
 
 
 def _version(value: bool) -> None:

@@ -16,22 +16,23 @@ class RoleName(str, Enum):
     worker = "worker"
     decode = "decode"
     prefill = "prefill"
+    planner = "planner"
 
 
-HELP = f"""Run one role in the foreground, e.g. a worker on another machine joining a deployment:
-
-  dynamo role worker agg --set infra.etcd=http://head:2379 --set infra.nats=nats://head:4222
-
-  dynamo role prefill disagg --set infra.etcd=http://head:2379 --set infra.nats=nats://head:4222
-
-worker and decode are the same role (a decode worker is a worker with disagg.remote_prefill on);
-prefill pulls work from the deployment's prefill queue.
-
-The role uses the etcd and NATS the profile names ('auto' means the default local ports); it never
-spawns them. SIGINT/SIGTERM drain in-flight work, a second one exits at once.
-
-{o.PRECEDENCE_HELP}
-"""
+HELP = "\n\n".join(
+    [
+        "Run one role in the foreground, e.g. a worker on another machine joining a deployment:",
+        "  dynamo role worker agg --set infra.etcd=http://head:2379 --set infra.nats=nats://head:4222",
+        "  dynamo role prefill disagg --set infra.etcd=http://head:2379 --set infra.nats=nats://head:4222",
+        "worker and decode are the same role (a decode worker is a worker with disagg.remote_prefill on); "
+        "prefill pulls work from the deployment's prefill queue; planner scales the worker groups of a "
+        "deployment written by `dynamo deploy k8s`, from inside its cluster (a local deployment's planner "
+        "runs inside `dynamo run --planner`).",
+        "The role uses the etcd and NATS the profile names ('auto' means the default local ports); it never "
+        "spawns them. SIGINT/SIGTERM drain in-flight work, a second one exits at once.",
+        o.PRECEDENCE_HELP,
+    ]
+)
 
 
 def role(

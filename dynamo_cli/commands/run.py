@@ -26,6 +26,8 @@ Examples:
 
   dynamo run disagg --prefill-workers 2 --decode-workers 2 --engine mocker
 
+  dynamo run agg --engine mocker --planner --set planner.workers.max=4   # add/remove workers with load
+
   dynamo run ./my-profile.yaml
 
 {o.PRECEDENCE_HELP}
@@ -100,6 +102,15 @@ def run(
             show_default=False,
         ),
     ] = None,
+    planner: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--planner/--no-planner",
+            help="Scale the worker groups with the planner within planner.workers / planner.prefill_workers "
+            "bounds (planner.enabled).",
+            show_default=False,
+        ),
+    ] = None,
     json_output: o.Json = False,
 ) -> int:
     from dynamo_cli.config.loader import load_config
@@ -121,6 +132,7 @@ def run(
         "prefill_workers.tensor_parallel_size": prefill_tp,
         "workers.tensor_parallel_size": decode_tp,
         "disagg.remote_prefill": remote_prefill,
+        "planner.enabled": planner,
     }
     if decode_workers is not None:
         flags["workers.count"] = decode_workers

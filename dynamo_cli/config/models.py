@@ -211,6 +211,85 @@ class VllmConfig(_Model):
     extra_args: dict[str, object] = Field(default_factory=dict, description="Passed to vLLM's engine args.")
 
 
+class PlannerBounds(_Model):
+    min: int = Field(1, ge=0, le=1024, description="Fewest workers the planner keeps in the group.")
+    max: int = Field(4, ge=1, le=1024, description="Most workers the planner may run in the group.")
+
+    @model_validator(mode="after")
+    def _check(self) -> PlannerBounds:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) is above max ({self.max})")
+        return self
+
+
+class PlannerLoadConfig(_Model):
+    """The load-based policy: thresholds, each crossed for `hysteresis` intervals before a move."""
+
+    queue_high: float = Field(2.0, ge=0, description="Prefills queued per prefill worker before adding one.")
+    queue_low: float = Field(
+        0.2, ge=0, description="Prefills queued per prefill worker below which one is removed."
+    )
+    kv_high: float = Field(0.7, gt=0, le=1, description="Workers' mean KV-cache use before adding one.")
+    kv_low: float = Field(0.3, ge=0, lt=1, description="Workers' mean KV-cache use below which one goes.")
+    hysteresis: int = Field(2, ge=1, description="Intervals in a row past a threshold before acting.")
+    cooldown_s: float = Field(30.0, ge=0, description="Quiet time after a group moved before it moves again.")
+
+    @model_validator(mode="after")
+    def _check(self) -> PlannerLoadConfig:
+        if self.kv_low >= self.kv_high:
+            raise ValueError("kv_low must be below kv_high")
+        if self.queue_low >= self.queue_high:
+            raise ValueError("queue_low must be below queue_high")
+        return self
+
+
+class PlannerSlaConfig(_Model):
+    """The SLA-based policy: what one worker sustains within the targets (`dynamo planner profile`)."""
+
+    ttft_ms: float = Field(500.0, gt=0, description="Time-to-first-token target.")
+    itl_ms: float = Field(50.0, gt=0, description="Inter-token latency target.")
+    prefill_tokens_per_s: float | None = Field(
+        None, gt=0, description="Prompt tokens/s one worker prefills within the TTFT target (profiled)."
+    )
+    decode_tokens_per_s: float | None = Field(
+        None, gt=0, description="Output tokens/s one worker generates within the ITL target (profiled)."
+    )
+    headroom: float = Field(0.9, gt=0, le=1, description="Plan each worker at this share of its capacity.")
+    max_step: int = Field(1, ge=1, description="Workers a group may gain or lose per interval.")
+    window: int = Field(6, ge=1, le=100, description="Intervals the load predictor looks back over.")
+
+
+class PlannerConfig(_Model):
+    """Scales the worker groups of a deployment (issue 7): inside `dynamo run`, or on Kubernetes."""
+
+    enabled: bool = Field(False, description="Run the planner.")
+    policy: Literal["load", "sla"] = Field(
+        "load", description="load: KV-use and prefill-queue thresholds; sla: capacity from a worker profile."
+    )
+    interval_s: float = Field(10.0, ge=0.1, description="How often the planner observes and decides.")
+    workers: PlannerBounds = Field(
+        default_factory=PlannerBounds, description="Bounds of the (aggregated or decode) workers."
+    )
+    prefill_workers: PlannerBounds = Field(
+        default_factory=PlannerBounds, description="Bounds of the prefill workers (disaggregated only)."
+    )
+    load: PlannerLoadConfig = Field(default_factory=PlannerLoadConfig)
+    sla: PlannerSlaConfig = Field(default_factory=PlannerSlaConfig)
+    frontend_url: str | None = Field(
+        None, description="Where to scrape the frontend's /metrics (default: from discovery)."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> PlannerConfig:
+        s = self.sla
+        if self.enabled and self.policy == "sla" and not (s.prefill_tokens_per_s and s.decode_tokens_per_s):
+            raise ValueError(
+                "the sla policy needs planner.sla.prefill_tokens_per_s and decode_tokens_per_s: "
+                "measure them with `dynamo planner profile`"
+            )
+        return self
+
+
 class SupervisorConfig(_Model):
     ready_timeout_s: float = Field(300.0, gt=0, description="Longest a role may take to become ready.")
     stop_timeout_s: float = Field(20.0, gt=0, description="Graceful stop per role before it is killed.")
@@ -241,6 +320,22 @@ class DynamoConfig(_Model):
     mocker: MockerConfig = Field(default_factory=MockerConfig)
     vllm: VllmConfig = Field(default_factory=VllmConfig)
     supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
+    planner: PlannerConfig = Field(default_factory=PlannerConfig)
+
+    @model_validator(mode="after")
+    def _check_planner(self) -> DynamoConfig:
+        if not self.planner.enabled:
+            return self
+        groups = [("workers", self.workers)]
+        if self.disaggregated:
+            groups.append(("prefill_workers", self.prefill_workers))
+        for key, group in groups:
+            b: PlannerBounds = getattr(self.planner, key)
+            if not b.min <= group.size <= b.max:
+                raise ValueError(
+                    f"{key} starts with {group.size} worker(s), outside planner.{key} bounds {b.min}..{b.max}"
+                )
+        return self
 
     @property
     def disaggregated(self) -> bool:

@@ -76,17 +76,21 @@ def service_urls(cfg: DynamoConfig) -> tuple[str, str]:
 
 
 def deployed_config(cfg: DynamoConfig) -> DynamoConfig:
-    """The config the pods read: the cluster's etcd and NATS, the frontend listening on every address."""
+    """The config the pods read: the cluster's etcd and NATS, the frontend listening on every address,
+    the planner scraping the frontend through its Service (what the frontend registers is its pod's
+    loopback)."""
     if cfg.frontend.port == 0:
         raise UsageError(
             "frontend.port 0 (pick a free port) cannot be used on Kubernetes",
             hint="give a fixed port, e.g. --set frontend.port=8000",
         )
     etcd, nats = service_urls(cfg)
+    frontend_url = cfg.planner.frontend_url or f"http://{name_prefix(cfg)}-frontend:{cfg.frontend.port}"
     return cfg.model_copy(
         update={
             "infra": cfg.infra.model_copy(update={"etcd": etcd, "nats": nats}),
             "frontend": cfg.frontend.model_copy(update={"host": "0.0.0.0"}),
+            "planner": cfg.planner.model_copy(update={"frontend_url": frontend_url}),
         }
     )
 

@@ -16,6 +16,8 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
+from dynamo_cli.config.models import DynamoConfig
+from dynamo_cli.errors import UsageError
 from dynamo_cli.planner.connector import Group
 
 
@@ -181,3 +183,35 @@ class SlaPolicy:
             if target != current:
                 out.append(Decision(group, current, target, f"{why}, want {wanted}"))
         return out
+
+
+Policy = LoadPolicy | SlaPolicy
+
+
+def planned_groups(cfg: DynamoConfig) -> dict[Group, Bounds]:
+    """The groups the planner scales, with their bounds: prefill workers only when disaggregated."""
+    p = cfg.planner
+    out: dict[Group, Bounds] = {"workers": Bounds(p.workers.min, p.workers.max)}
+    if cfg.disaggregated:
+        out["prefill_workers"] = Bounds(p.prefill_workers.min, p.prefill_workers.max)
+    return out
+
+
+def make_policy(cfg: DynamoConfig) -> Policy:
+    p = cfg.planner
+    bounds = planned_groups(cfg)
+    if p.policy == "load":
+        lc = p.load
+        config = LoadPolicyConfig(
+            lc.queue_high, lc.queue_low, lc.kv_high, lc.kv_low, lc.hysteresis, lc.cooldown_s
+        )
+        return LoadPolicy(config, bounds)
+    s = p.sla
+    if not (s.prefill_tokens_per_s and s.decode_tokens_per_s):
+        raise UsageError(
+            "the sla policy needs planner.sla.prefill_tokens_per_s and decode_tokens_per_s",
+            hint="measure them with `dynamo planner profile PROFILE`",
+        )
+    profile = WorkerProfile(s.prefill_tokens_per_s, s.decode_tokens_per_s)
+    window = lambda: Predictor(s.window)  # noqa: E731
+    return SlaPolicy(profile, bounds, s.headroom, s.max_step, window(), window(), window())

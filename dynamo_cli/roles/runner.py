@@ -12,6 +12,15 @@ def run_role(name: str, cfg: DynamoConfig, index: int = 0) -> int:
     from dynamo_cli.models.resolve import resolve_model
     from dynamo_cli.roles.base import Role, serve_role
 
+    if name == "planner":  # needs no model
+        cfg = cfg.model_copy(update={"planner": cfg.planner.model_copy(update={"enabled": True})})
+
+        async def plan() -> int:
+            from dynamo_cli.roles.planner import PlannerRole
+
+            return await serve_role(PlannerRole(cfg), cfg.supervisor.stop_timeout_s)
+
+        return run_async(plan())
     model = resolve_model(cfg.model, cfg.served_model_name)
 
     async def main() -> int:

@@ -31,6 +31,10 @@ class Deployment:
     proc: subprocess.Popen[str]
     log: Path
     ready: dict[str, Any] = field(default_factory=dict)
+    # Every JSON event the launcher printed (ready, and the planner's scale / replicas events), in order,
+    # each stamped "_t" (time.monotonic() when read); appended by a reader thread that keeps stdout
+    # drained for the deployment's whole life.
+    events: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -48,7 +52,11 @@ class Deployment:
         return int(self.ready["processes"][name])
 
     def all_pids(self) -> list[int]:
-        return [int(p) for p in self.ready["processes"].values()]
+        """Every process the launcher reported, including workers the planner started later."""
+        pids = {int(p) for p in self.ready["processes"].values()}
+        for event in list(self.events):
+            pids.update(int(p) for p in event.get("processes", {}).values() if p)
+        return sorted(pids)
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -64,7 +72,7 @@ class Deployment:
 
     def kill(self) -> None:
         """Last resort: SIGKILL the launcher and every process it reported starting."""
-        for pid in [self.proc.pid, *self.ready.get("processes", {}).values()]:
+        for pid in [self.proc.pid, *(self.all_pids() if self.ready else [])]:
             if pid and process_alive(int(pid)):
                 os.kill(int(pid), signal.SIGKILL)
         self.proc.wait(10)
@@ -96,6 +104,7 @@ def start(tmp: Path, *args: str, timeout: float = 90, env: dict[str, str] | None
         )
     dep = Deployment(proc, log)
     box: dict[str, Any] = {}
+    got_ready = threading.Event()
 
     def read() -> None:
         assert proc.stdout is not None
@@ -104,13 +113,16 @@ def start(tmp: Path, *args: str, timeout: float = 90, env: dict[str, str] | None
                 event = json.loads(line)
             except json.JSONDecodeError:
                 continue
+            event["_t"] = time.monotonic()
+            dep.events.append(event)
             if event.get("event") == "ready":
                 box["ready"] = event
-                return
+                got_ready.set()
+        got_ready.set()  # stdout closed: the launcher is gone
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    reader.join(timeout)
+    got_ready.wait(timeout)
     if "ready" not in box:
         if proc.poll() is None:
             dep.kill()

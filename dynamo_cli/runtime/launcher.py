@@ -7,11 +7,10 @@ import contextlib
 import os
 import shutil
 import signal
-import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import yaml
@@ -21,16 +20,14 @@ from dynamo_cli.config.checks import disagg_findings
 from dynamo_cli.config.models import DynamoConfig
 from dynamo_cli.console import emit_json
 from dynamo_cli.errors import StartupError
-from dynamo_cli.models.embedded import cache_root
 from dynamo_cli.models.resolve import ResolvedModel, read_model_info, resolve_model
 from dynamo_cli.runtime.lifecycle import install_signal_handlers
-from dynamo_cli.runtime.placement import worker_envs
+from dynamo_cli.runtime.scaling import role_argv, worker_groups
 from dynamo_cli.runtime.servers import ServerPlan, etcd_version, nats_info, plan_etcd, plan_nats
 from dynamo_cli.runtime.supervisor import ProcessSpec, Supervisor
 
-
-def role_argv(role: str, config_path: Path, index: int = 0) -> list[str]:
-    return [sys.executable, "-m", "dynamo_cli", "role", role, str(config_path), "--index", str(index)]
+if TYPE_CHECKING:
+    from dynamo_cli.runtime.local_planner import LocalPlanner
 
 
 def _server_spec(plan: ServerPlan) -> ProcessSpec:
@@ -45,21 +42,8 @@ def _server_spec(plan: ServerPlan) -> ProcessSpec:
 
 
 def role_specs(cfg: DynamoConfig, config_path: Path, workdir: Path) -> list[ProcessSpec]:
-    """Every role process of the deployment, in start order (stopped in reverse)."""
-    groups = [("decode" if cfg.disaggregated else "worker", "workers", cfg.workers)]
-    if cfg.prefill_workers.size:
-        groups.append(("prefill", "prefill_workers", cfg.prefill_workers))
-    engines = sum(g.size for _, _, g in groups)
-    specs, first = [], 0
-    for role, key, group in groups:
-        envs = worker_envs(group, key, engine=cfg.engine, cpu_first=first, cpu_engines=engines)
-        first += group.size
-        for i, env in enumerate(envs):
-            tmp = workdir / f"tmp-{role}-{i}"  # engines leave sockets behind: keep them in the run's folder
-            tmp.mkdir(exist_ok=True)
-            env = {**env, "TMPDIR": str(tmp), "VLLM_CACHE_ROOT": str(cache_root() / "vllm")}
-            argv = role_argv(role, config_path, i)
-            specs.append(ProcessSpec(f"{role}-{i}", argv, env=env, max_restarts=group.max_restarts))
+    """Every role process the deployment starts with, in start order (stopped in reverse)."""
+    specs = [g.spec(i, config_path, workdir) for g in worker_groups(cfg) for i in range(g.initial)]
     specs += [
         ProcessSpec(f"router-{i}", role_argv("router", config_path, i)) for i in range(cfg.router.replicas)
     ]
@@ -91,6 +75,7 @@ class Launcher:
         self.sup = Supervisor(console, stop_timeout=cfg.supervisor.stop_timeout_s)
         self.workdir = Path(tempfile.mkdtemp(prefix="dynamo-run-"))
         self.url: str | None = None
+        self.planner: LocalPlanner | None = None
 
     async def _start(self, t0: float) -> None:
         cfg, con = self.cfg, self.console
@@ -113,6 +98,7 @@ class Launcher:
         resolved.model, resolved.served_model_name = str(model.path), model.name
         config_path = self.workdir / "config.yaml"
         config_path.write_text(yaml.safe_dump(resolved.model_dump(mode="json"), sort_keys=False))
+        groups = worker_groups(resolved)
         specs = role_specs(resolved, config_path, self.workdir)
         with con.status(f"Starting {len(specs)} role process(es)..."):
             children = await asyncio.gather(*(self.sup.start(s, timeout=timeout) for s in specs))
@@ -129,6 +115,23 @@ class Launcher:
             f"[bold green]Ready[/] in {elapsed:.2f} s: {self.url}/v1 serving [bold]{model.name}[/] "
             f"with {workers}, engine {cfg.engine}, router {cfg.router.mode}; Ctrl-C stops."
         )
+        if cfg.planner.enabled:
+            from dynamo_cli.runtime.local_planner import LocalPlanner
+
+            first, by_group = 0, {}
+            for g in groups:
+                by_group[g.key] = list(children[first : first + g.initial])
+                first += g.initial
+            self.planner = LocalPlanner(
+                resolved,
+                self.sup,
+                groups,
+                by_group,
+                config_path=config_path,
+                workdir=self.workdir,
+                console=con,
+                json_output=self.json_output,
+            )
         if self.json_output:
             emit_json(
                 {
@@ -142,6 +145,8 @@ class Launcher:
                     "roles": {c.spec.name: c.ready_info for c in self.sup.children if c.ready_info},
                 }
             )
+        if self.planner is not None:
+            await self.planner.start()
 
     async def run(self) -> int:
         t0 = time.perf_counter()
@@ -159,6 +164,8 @@ class Launcher:
                     await starting
         finally:
             stop.cancel()
+            if self.planner is not None:
+                await self.planner.stop()
             if shutdown.requested.is_set():
                 self.console.print("Stopping (Ctrl-C again to force)...")
             await self.sup.stop_all()

@@ -123,3 +123,16 @@ def decisions_subject(namespace: str) -> str:
 
 def decode_route(data: bytes) -> dict[str, Any]:
     return unpack(data)
+
+
+# ---- planner -> frontend: scaling decisions (counted in the frontend's metrics) --------------------
+def planner_subject(namespace: str) -> str:
+    return f"dyn.{namespace}.planner.decisions"
+
+
+def encode_decision(group: str, current: int, target: int, reason: str) -> bytes:
+    return _pack({"group": group, "current": current, "target": target, "reason": reason})
+
+
+def decode_decision(data: bytes) -> dict[str, Any]:
+    return unpack(data)

@@ -84,6 +84,24 @@ class Supervisor:
         await self._wait_ready(child, timeout)
         return child
 
+    async def add(self, spec: ProcessSpec, timeout: float) -> Child:
+        """Start one more process while running (the planner's scale-up); a failed start leaves nothing."""
+        try:
+            return await self.start(spec, timeout)
+        except BaseException:
+            child = next(c for c in self.children if c.spec is spec)
+            await self.remove(child)
+            raise
+
+    async def remove(self, child: Child) -> None:
+        """Stop one process for good (SIGTERM: a worker drains first) and forget it."""
+        await self._stop(child)
+        for task in child.tasks:
+            task.cancel()
+        await asyncio.gather(*child.tasks, return_exceptions=True)
+        if child in self.children:
+            self.children.remove(child)
+
     async def _spawn(self, child: Child) -> None:
         spec = child.spec
         env = {**os.environ, **spec.env, PARENT_PID_ENV: str(os.getpid()), "PYTHONUNBUFFERED": "1"}
@@ -230,9 +248,10 @@ class Supervisor:
     async def stop_all(self) -> None:
         """Stop every child in reverse start order: SIGTERM, wait, then SIGKILL."""
         self._stopping = True
-        for child in reversed(self.children):
+        children = list(self.children)
+        for child in reversed(children):
             await self._stop(child)
-        for child in self.children:
+        for child in children:
             for task in child.tasks:
                 task.cancel()
             await asyncio.gather(*child.tasks, return_exceptions=True)

@@ -115,7 +115,9 @@ def test_configmap_profile_loads_back_and_points_at_the_services(tmp_path: Path)
     assert loaded.infra.nats == "nats://team-a-nats:4222"
     assert loaded.frontend.host == "0.0.0.0"
     assert loaded.namespace == "team_a"  # the discovery namespace is the profile's, unchanged
-    assert loaded.model_dump(exclude={"infra", "frontend"}) == cfg.model_dump(exclude={"infra", "frontend"})
+    assert loaded.planner.frontend_url == "http://team-a-frontend:8000"  # the Service, not a pod's loopback
+    changed = {"infra", "frontend", "planner"}
+    assert loaded.model_dump(exclude=changed) == cfg.model_dump(exclude=changed)
     services = by_kind(objs, "Service")
     assert services["team-a-etcd"]["spec"]["ports"][0]["port"] == 2379
     assert services["team-a-nats"]["spec"]["ports"][0]["port"] == 4222

@@ -97,7 +97,26 @@ class FrontendMetrics:
             ["model"],
             registry=r,
         ).labels(model)
+        # The planner's decisions (it publishes each one; counted here so one endpoint has everything).
+        self.planner_decisions = Counter(
+            "dynamo_planner_decisions",
+            "Scaling decisions of the planner, by worker group and direction (up or down)",
+            ["group", "direction"],
+            registry=r,
+        )
+        self.planner_target = Gauge(
+            "dynamo_planner_target_replicas",
+            "Workers the planner last asked for, by group",
+            ["group"],
+            registry=r,
+        )
         self._model = model
+
+    def count_decision(self, decision: dict) -> None:
+        group, target = str(decision.get("group", "?")), int(decision.get("target", 0))
+        direction = "up" if target > int(decision.get("current", 0)) else "down"
+        self.planner_decisions.labels(group, direction).inc()
+        self.planner_target.labels(group).set(target)
 
     def count_disagg(self, report: dict) -> None:
         """One decode worker's report on a request's prefill (EngineOutput.disagg)."""

@@ -85,6 +85,11 @@ class FrontendRole(Role):
             routers = InstanceSet()
             routers.reset(await self.discovery.watch(protocol.ROUTER, routers.on_event))
         metrics = FrontendMetrics(self.model.name)
+
+        async def on_decision(data: bytes) -> None:
+            metrics.count_decision(protocol.decode_decision(data))
+
+        await self.plane.subscribe(protocol.planner_subject(self.cfg.namespace), on_decision)
         client = WorkerClient(self.plane, self.cfg, workers, service=self.service, routers=routers)
         client.on_retry = metrics.retries.inc
         state = FrontendState(self.model.name, tokenizer, client, workers, metrics, self.service)
