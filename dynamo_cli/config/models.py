@@ -257,6 +257,9 @@ class PlannerSlaConfig(_Model):
     headroom: float = Field(0.9, gt=0, le=1, description="Plan each worker at this share of its capacity.")
     max_step: int = Field(1, ge=1, description="Workers a group may gain or lose per interval.")
     window: int = Field(6, ge=1, le=100, description="Intervals the load predictor looks back over.")
+    scale_down_intervals: int = Field(
+        3, ge=1, description="Intervals in a row wanting fewer workers before one is removed."
+    )
 
 
 class PlannerConfig(_Model):

@@ -156,6 +156,8 @@ class SlaPolicy:
     rate: Predictor = field(default_factory=Predictor)
     isl: Predictor = field(default_factory=Predictor)
     osl: Predictor = field(default_factory=Predictor)
+    down_after: int = 3  # intervals in a row wanting fewer workers before one goes (up is at once)
+    _down: dict[Group, int] = field(default_factory=dict)
 
     def decide(self, obs: Observation) -> list[Decision]:
         self.rate.add(obs.request_rate)
@@ -179,6 +181,9 @@ class SlaPolicy:
                 continue
             current = obs.replicas[group]
             wanted = self.bounds[group].clamp(math.ceil(workers - 1e-9))
+            self._down[group] = self._down.get(group, 0) + 1 if wanted < current else 0
+            if wanted < current and self._down[group] < self.down_after and current <= self.bounds[group].max:
+                continue  # a dip of one interval is noise: shrink only when it lasts
             target = current + max(-self.max_step, min(self.max_step, wanted - current))
             if target != current:
                 out.append(Decision(group, current, target, f"{why}, want {wanted}"))
@@ -214,4 +219,6 @@ def make_policy(cfg: DynamoConfig) -> Policy:
         )
     profile = WorkerProfile(s.prefill_tokens_per_s, s.decode_tokens_per_s)
     window = lambda: Predictor(s.window)  # noqa: E731
-    return SlaPolicy(profile, bounds, s.headroom, s.max_step, window(), window(), window())
+    return SlaPolicy(
+        profile, bounds, s.headroom, s.max_step, window(), window(), window(), s.scale_down_intervals
+    )

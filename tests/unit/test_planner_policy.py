@@ -97,6 +97,18 @@ def test_sla_policy_for_aggregated_workers_adds_prefill_and_decode_time() -> Non
     assert d.target == 2  # 1.0 + 0.5 workers' worth
     [d] = p.decide(Observation(1, {"workers": 2}, request_rate=50, avg_isl=2000, avg_osl=100))
     assert d.target == 3  # capped by the bounds
-    quiet = SlaPolicy(prof, {"workers": Bounds(1, 3)}, max_step=8)
+    quiet = SlaPolicy(prof, {"workers": Bounds(1, 3)}, max_step=8, down_after=1)
     [d] = quiet.decide(Observation(0, {"workers": 3}, request_rate=0))
     assert d.target == 1
+
+
+def test_sla_policy_shrinks_only_when_the_lower_need_lasts() -> None:
+    prof = WorkerProfile(prefill_tokens_per_s=10_000, decode_tokens_per_s=1_000)
+    p = SlaPolicy(prof, {"workers": Bounds(1, 4)}, headroom=1.0, down_after=3)
+    idle = [p.decide(Observation(t, {"workers": 3}, request_rate=0)) for t in range(3)]
+    assert idle[0] == [] and idle[1] == []
+    [d] = idle[2]
+    assert (d.current, d.target) == (3, 2)
+    # Above the upper bound (someone scaled it by hand): back at once.
+    [d] = p.decide(Observation(9, {"workers": 6}, request_rate=0))
+    assert (d.current, d.target) == (6, 5)
