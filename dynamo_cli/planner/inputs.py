@@ -84,9 +84,6 @@ class WorkerLoads:
             return 0.0
         return sum(self.latest[i].kv_usage if i in self.latest else 0.0 for i in live) / len(live)
 
-    def waiting(self, live: list[int]) -> int:
-        return sum(self.latest[i].waiting for i in live if i in self.latest)
-
     def forget_except(self, live: list[int]) -> None:
         keep = set(live)
         self.latest = {i: m for i, m in self.latest.items() if i in keep}

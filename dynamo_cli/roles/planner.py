@@ -51,7 +51,6 @@ class PlannerRole(Role):
         self.inputs = Inputs()
         self.workers = InstanceSet()
         self.frontends = InstanceSet()
-        self.decisions = 0
         self._http: httpx.AsyncClient | None = None
         self._task: asyncio.Task[None] | None = None
         self._owns_connector = connector is None
@@ -121,7 +120,6 @@ class PlannerRole(Role):
             if self.on_decision is not None:
                 self.on_decision(d)
             await self.connector.scale(d.group, d.target, d.reason)
-            self.decisions += 1
             note = protocol.encode_decision(d.group, d.current, d.target, d.reason)
             await self.plane.publish(protocol.planner_subject(self.cfg.namespace), note)
         return decisions

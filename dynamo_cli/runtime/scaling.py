@@ -154,7 +154,7 @@ class LocalConnector:
         task.add_done_callback(self._tasks.discard)
 
     async def settle(self) -> None:
-        """Wait for every start and drain under way (tests; the launcher before it stops)."""
+        """Wait for every start and drain under way."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 

@@ -158,3 +158,33 @@ def test_planner_profile_measures_one_worker_and_writes_sla_settings(tmp_path: P
     # A sweep that never missed says its figure is only a floor.
     capped = all(s["passed"] for s in result["steps"]["prefill"])
     assert ("every prefill step passed" in " ".join(r.stderr.split())) == capped
+
+
+def test_prefill_queue_grows_and_shrinks_the_prefill_workers(tmp_path: Path) -> None:
+    # Every prompt goes to the prefill workers (slow prefill: ~0.5 ms a token), decode is pinned at 1.
+    dep = start(
+        tmp_path, "disagg", "--engine", "mocker", "--planner", "--speedup", "1",
+        "--set", "disagg.conditional_disagg=false", "--set", "disagg.max_prefill_queue_size=1000",
+        "--set", "mocker.prefill_ms=[0,0.5,10]",
+        "--set", f"planner.interval_s={INTERVAL_S}", "--set", "planner.load.cooldown_s=1",
+        "--set", "planner.workers.min=1", "--set", "planner.workers.max=1",
+        "--set", "planner.prefill_workers.min=1", "--set", "planner.prefill_workers.max=2",
+        "--set", "planner.load.queue_high=1", "--set", "planner.load.queue_low=0.2",
+    )  # fmt: skip
+    try:
+        wait_for(lambda: bool(_replicas(dep)), 10, "the planner's first replica report")
+        with Load(dep, users=12) as load:
+            wait_for(
+                lambda: _replicas(dep)[-1]["ready"].get("prefill_workers") == 2, 40, "a second prefill worker"
+            )
+        wait_for(lambda: _replicas(dep)[-1]["ready"].get("prefill_workers") == 1, 40, "back to one")
+        assert load.results and all(r == (200, OUTPUT_TOKENS) for r in load.results)
+        scale = [(e["group"], e["from"], e["to"]) for e in dep.events if e.get("event") == "scale"]
+        assert scale == [("prefill_workers", 1, 2), ("prefill_workers", 2, 1)], scale
+        reasons = [e["reason"] for e in dep.events if e.get("event") == "scale"]
+        assert all("prefill queue" in r for r in reasons)
+        metrics = scrape(dep.url + "/metrics")
+        remote = 'dynamo_disagg_prefill_decisions_total{model="%s",outcome="remote",reason="always_remote"}'
+        assert metrics.get(remote % dep.model, 0) > 0
+    finally:
+        dep.stop()
