@@ -15,8 +15,9 @@ HELP = "\n\n".join(
     [
         "Measure what one worker of a profile sustains within a TTFT and an ITL target, for the planner's "
         "sla policy: starts `dynamo run PROFILE --workers 1` (private etcd/NATS, free port), sweeps a "
-        "prefill-only load and a decode-heavy load at rising request rates (x1.5 per step) until a step "
-        "misses its target, stops it, and prints the planner.sla settings to use.",
+        "prefill-only load and a full load (prompts and answers) at rising request rates (x1.5 per step) "
+        "until a step misses its target, narrows that gap twice, stops it, and prints the planner.sla "
+        "settings to use.",
         "Examples:",
         "  dynamo planner profile agg --engine mocker --ttft-ms 300 --itl-ms 30",
         "  dynamo planner profile agg --engine mocker --set mocker.speedup_ratio=10 --step-s 3 -o sla.yaml",
