@@ -29,7 +29,7 @@ from typing import Any
 
 from benchmarks.loadgen import pct
 from benchmarks.workload import text
-from dynamo_cli.bench.http import Connection, Endpoint, HttpError
+from dynamo_cli.bench.http import Endpoint, chat_once
 from dynamo_cli.runtime.handle import Deployment, start
 
 MOCKER = ["--engine", "mocker", "--set", "mocker.num_blocks=1024", "--set", "router.mode=kv"]
@@ -64,7 +64,6 @@ async def drive(dep: Deployment, times: list[float], isl_words: int, osl: int) -
 
     async def one(at: float, t0: float) -> Outcome:
         await asyncio.sleep(max(0.0, t0 + at - time.monotonic()))
-        conn = Connection(ep, timeout=120)
         body = {
             "model": dep.model,
             "messages": [{"role": "user", "content": prompts[next(ids)]}],
@@ -72,16 +71,10 @@ async def drive(dep: Deployment, times: list[float], isl_words: int, osl: int) -
             "ignore_eos": True,
             "stream": True,
         }
-        try:
-            s = await conn.chat_stream(body)
-        except HttpError:
+        s = await chat_once(ep, body, timeout=120)
+        if s is None or s.ttft is None or s.mean_itl is None:
             return Outcome(False)
-        finally:
-            conn.close()
-        if len(s.token_times) < 2:
-            return Outcome(False)
-        ttft = s.token_times[0] - s.launch
-        return Outcome(True, ttft, (s.token_times[-1] - s.token_times[0]) / (len(s.token_times) - 1))
+        return Outcome(True, s.ttft, s.mean_itl)
 
     t0 = time.monotonic()
     outcomes = await asyncio.gather(*(one(at, t0) for at in times))

@@ -33,6 +33,16 @@ class Streamed:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
 
+    @property
+    def ttft(self) -> float | None:
+        return self.token_times[0] - self.launch if self.token_times else None
+
+    @property
+    def mean_itl(self) -> float | None:
+        """The request's mean inter-token latency (None with fewer than two tokens)."""
+        t = self.token_times
+        return (t[-1] - t[0]) / (len(t) - 1) if len(t) > 1 else None
+
 
 @dataclass(frozen=True)
 class Endpoint:
@@ -163,6 +173,17 @@ class Connection:
             self._close_after = True
         if self._close_after:
             self.close()
+
+
+async def chat_once(ep: Endpoint, body: dict[str, Any], timeout: float) -> Streamed | None:
+    """One streamed chat on a connection of its own (open-loop load); None if it failed."""
+    conn = Connection(ep, timeout=timeout)
+    try:
+        return await conn.chat_stream(body)
+    except HttpError:
+        return None
+    finally:
+        conn.close()
 
 
 def _take(obj: dict[str, Any], out: Streamed, parts: list[str], now: float) -> None:

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass, field
 
@@ -19,8 +18,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from dynamo_cli.engines.base import LoadMetrics
 from dynamo_cli.planner.connector import Group
 from dynamo_cli.planner.policy import Observation
-
-logger = logging.getLogger(__name__)
 
 _REQUESTS = "dynamo_frontend_requests"
 _INFLIGHT = "dynamo_frontend_inflight_requests"

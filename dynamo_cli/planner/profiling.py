@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from dynamo_cli.bench.http import Connection, Endpoint, HttpError
+from dynamo_cli.bench.http import Endpoint, chat_once
 from dynamo_cli.bench.workload import filler
 
 GROWTH = 1.5
@@ -84,7 +84,6 @@ async def run_step(base_url: str, model: str, rate: float, spec: ProfileSpec, *,
 
     async def one(i: int, t0: float) -> tuple[float, float | None, int] | None:
         await asyncio.sleep(max(0.0, t0 + i / rate - time.monotonic()))
-        conn = Connection(ep, timeout=max(60.0, 20 * spec.ttft_s))
         body = {
             "model": model,
             "messages": [
@@ -95,18 +94,10 @@ async def run_step(base_url: str, model: str, rate: float, spec: ProfileSpec, *,
             "stream": True,
             "stream_options": {"include_usage": True},
         }
-        try:
-            s = await conn.chat_stream(body)
-        except HttpError:
+        s = await chat_once(ep, body, timeout=max(60.0, 20 * spec.ttft_s))
+        if s is None or s.ttft is None:
             return None
-        finally:
-            conn.close()
-        if not s.token_times:
-            return None
-        ttft = s.token_times[0] - s.launch
-        k = len(s.token_times)
-        itl = (s.token_times[-1] - s.token_times[0]) / (k - 1) if k > 1 else None
-        return ttft, itl, s.prompt_tokens or 0
+        return s.ttft, s.mean_itl, s.prompt_tokens or 0
 
     t0 = time.monotonic()
     got = await asyncio.gather(*(one(i, t0) for i in range(n)))

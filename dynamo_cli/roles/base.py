@@ -40,13 +40,17 @@ class Role(abc.ABC):
         # A role sets this when it can no longer work (e.g. its engine died): the process then exits 1.
         self.failed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
-    async def connect(self) -> None:
+    async def connect(self, *, discovery: bool = True) -> None:
+        """NATS, and etcd unless ``discovery`` is off (the etcd client runs gRPC threads, which a process
+        that forks must not have: the launcher)."""
         nats_url = infra_url(self.cfg.infra.nats, DEFAULT_NATS, "nats")
-        etcd_url = infra_url(self.cfg.infra.etcd, DEFAULT_ETCD, "etcd")
         try:
             self.plane = await NatsRequestPlane.connect(nats_url, name=self.name)
         except RequestError as e:
             raise StartupError(str(e), hint="is the NATS server running? (dynamo doctor checks)") from e
+        if not discovery:
+            return
+        etcd_url = infra_url(self.cfg.infra.etcd, DEFAULT_ETCD, "etcd")
         self.discovery = await EtcdDiscovery.connect(
             etcd_url, self.cfg.namespace, ttl=self.cfg.infra.lease_ttl_s
         )

@@ -40,6 +40,7 @@ class PlannerRole(Role):
         on_decision: Callable[[Decision], None] | None = None,
         on_observation: Callable[[Observation], None] | None = None,
         log_decisions: bool = True,
+        live_workers: Callable[[], list[int]] | None = None,
     ):
         super().__init__(cfg)
         self.name = "planner"
@@ -47,6 +48,8 @@ class PlannerRole(Role):
         self.on_decision = on_decision  # the launcher shows decisions itself (then log_decisions is off)
         self.log_decisions = log_decisions
         self.on_observation = on_observation
+        # Who is serving, from the caller (the launcher knows its workers) or else from discovery.
+        self.live_workers = live_workers
         self.policy = make_policy(cfg)
         self.inputs = Inputs()
         self.workers = InstanceSet()
@@ -59,12 +62,12 @@ class PlannerRole(Role):
     async def start(self) -> dict[str, Any]:
         if self.connector is None:
             self.connector = _cluster_connector(self.cfg)
-        await self.connect()
-        assert self.plane is not None and self.discovery is not None
-        ns = self.cfg.namespace
-        await self.plane.subscribe(protocol.load_subject(ns), self._on_load)
-        self.workers.reset(await self.discovery.watch(protocol.WORKER, self.workers.on_event))
-        self.frontends.reset(await self.discovery.watch(protocol.FRONTEND, self.frontends.on_event))
+        await self.connect(discovery=self.live_workers is None)
+        assert self.plane is not None
+        await self.plane.subscribe(protocol.load_subject(self.cfg.namespace), self._on_load)
+        if self.discovery is not None:
+            self.workers.reset(await self.discovery.watch(protocol.WORKER, self.workers.on_event))
+            self.frontends.reset(await self.discovery.watch(protocol.FRONTEND, self.frontends.on_event))
         self._http = httpx.AsyncClient(timeout=SCRAPE_TIMEOUT_S)
         self._task = asyncio.create_task(self._loop(), name="planner")
         p = self.cfg.planner
@@ -108,7 +111,8 @@ class PlannerRole(Role):
             return []
         sample = await scrape(self._http, url)
         replicas = await self.connector.replicas()
-        obs = self.inputs.observe(sample, time.monotonic(), replicas, self.workers.ids())
+        live = self.live_workers() if self.live_workers is not None else self.workers.ids()
+        obs = self.inputs.observe(sample, time.monotonic(), replicas, live)
         self._warned = None
         decisions = self.policy.decide(obs)
         logger.debug("observed %s; replicas %s", describe(obs), replicas)

@@ -103,7 +103,6 @@ def start(tmp: Path, *args: str, timeout: float = 90, env: dict[str, str] | None
             start_new_session=True,
         )
     dep = Deployment(proc, log)
-    box: dict[str, Any] = {}
     got_ready = threading.Event()
 
     def read() -> None:
@@ -116,18 +115,17 @@ def start(tmp: Path, *args: str, timeout: float = 90, env: dict[str, str] | None
             event["_t"] = time.monotonic()
             dep.events.append(event)
             if event.get("event") == "ready":
-                box["ready"] = event
+                dep.ready = event
                 got_ready.set()
         got_ready.set()  # stdout closed: the launcher is gone
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     got_ready.wait(timeout)
-    if "ready" not in box:
+    if not dep.ready:
         if proc.poll() is None:
             dep.kill()
         raise RuntimeError(
             f"dynamo run was not ready in {timeout} s (exit {proc.poll()}):\n{log.read_text()[-4000:]}"
         )
-    dep.ready = box["ready"]
     return dep

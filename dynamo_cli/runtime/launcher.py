@@ -22,7 +22,7 @@ from dynamo_cli.console import emit_json
 from dynamo_cli.errors import StartupError
 from dynamo_cli.models.resolve import ResolvedModel, read_model_info, resolve_model
 from dynamo_cli.runtime.lifecycle import install_signal_handlers
-from dynamo_cli.runtime.scaling import role_argv, worker_groups
+from dynamo_cli.runtime.scaling import WorkerGroup, role_argv, worker_groups
 from dynamo_cli.runtime.servers import ServerPlan, etcd_version, nats_info, plan_etcd, plan_nats
 from dynamo_cli.runtime.supervisor import ProcessSpec, Supervisor
 
@@ -41,9 +41,12 @@ def _server_spec(plan: ServerPlan) -> ProcessSpec:
     return ProcessSpec(plan.name, plan.argv, probe=probe, shim=True, show=show)
 
 
-def role_specs(cfg: DynamoConfig, config_path: Path, workdir: Path) -> list[ProcessSpec]:
+def role_specs(
+    cfg: DynamoConfig, config_path: Path, workdir: Path, groups: list[WorkerGroup] | None = None
+) -> list[ProcessSpec]:
     """Every role process the deployment starts with, in start order (stopped in reverse)."""
-    specs = [g.spec(i, config_path, workdir) for g in worker_groups(cfg) for i in range(g.initial)]
+    groups = worker_groups(cfg) if groups is None else groups
+    specs = [g.spec(i, config_path, workdir) for g in groups for i in range(g.initial)]
     specs += [
         ProcessSpec(f"router-{i}", role_argv("router", config_path, i)) for i in range(cfg.router.replicas)
     ]
@@ -99,7 +102,7 @@ class Launcher:
         config_path = self.workdir / "config.yaml"
         config_path.write_text(yaml.safe_dump(resolved.model_dump(mode="json"), sort_keys=False))
         groups = worker_groups(resolved)
-        specs = role_specs(resolved, config_path, self.workdir)
+        specs = role_specs(resolved, config_path, self.workdir, groups)
         with con.status(f"Starting {len(specs)} role process(es)..."):
             children = await asyncio.gather(*(self.sup.start(s, timeout=timeout) for s in specs))
             self.url = children[-1].ready_info.get("url")
@@ -122,8 +125,11 @@ class Launcher:
             for g in groups:
                 by_group[g.key] = list(children[first : first + g.initial])
                 first += g.initial
+            planned = resolved.model_copy(
+                update={"planner": resolved.planner.model_copy(update={"frontend_url": self.url})}
+            )
             self.planner = LocalPlanner(
-                resolved,
+                planned,
                 self.sup,
                 groups,
                 by_group,

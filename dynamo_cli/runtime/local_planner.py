@@ -51,7 +51,12 @@ class LocalPlanner:
         for key, kids in children.items():
             self.connector.adopt(key, kids)
         self.role = PlannerRole(
-            cfg, self.connector, on_decision=self._decided, on_observation=self._observed, log_decisions=False
+            cfg,
+            self.connector,
+            on_decision=self._decided,
+            on_observation=self._observed,
+            log_decisions=False,
+            live_workers=self.connector.instance_ids,  # no etcd client in the launcher: it forks workers
         )
         self._live: Live | None = None
         self._shown = ""

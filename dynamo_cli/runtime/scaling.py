@@ -99,6 +99,11 @@ class LocalConnector:
     async def replicas(self) -> dict[Group, int]:
         return dict(self.target)
 
+    def instance_ids(self, group: Group = "workers") -> list[int]:
+        """Discovery ids of the group's serving workers (each reports its id when ready)."""
+        ids = (k.ready_info.get("instance") for k in self.running.get(group, {}).values())
+        return [int(i, 16) for i in ids if i]
+
     def ready_counts(self) -> dict[Group, int]:
         return {g: len(kids) for g, kids in self.running.items()}
 
@@ -115,10 +120,7 @@ class LocalConnector:
 
     async def _converge(self, group: Group) -> None:
         kids = self.running.setdefault(group, {})
-        while len(kids) > self.target[group]:  # scale down at once: drains run side by side
-            index = max(kids)
-            child = kids.pop(index)
-            self._start_drain(child)
+        self._shrink(group)  # scale down at once: drains run side by side
         lock = self._locks.setdefault(group, asyncio.Lock())
         async with lock:  # scale up one worker at a time, into the lowest free slot
             while len(kids) < self.target[group]:
@@ -135,8 +137,13 @@ class LocalConnector:
                 finally:
                     self.starting[group] -= 1
                     self.on_change()
-            while len(kids) > self.target[group]:  # asked down while we were starting one
-                self._start_drain(kids.pop(max(kids)))
+            self._shrink(group)  # asked down while we were starting one
+
+    def _shrink(self, group: Group) -> None:
+        """Take the highest slots out down to the target, each draining in a task of its own."""
+        kids = self.running[group]
+        while len(kids) > self.target[group]:
+            self._start_drain(kids.pop(max(kids)))
 
     def _start_drain(self, child: Child) -> None:
         self.draining[child.spec.name] = child

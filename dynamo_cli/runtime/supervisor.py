@@ -96,9 +96,7 @@ class Supervisor:
     async def remove(self, child: Child) -> None:
         """Stop one process for good (SIGTERM: a worker drains first) and forget it."""
         await self._stop(child)
-        for task in child.tasks:
-            task.cancel()
-        await asyncio.gather(*child.tasks, return_exceptions=True)
+        await _cancel_tasks(child)
         if child in self.children:
             self.children.remove(child)
 
@@ -252,9 +250,7 @@ class Supervisor:
         for child in reversed(children):
             await self._stop(child)
         for child in children:
-            for task in child.tasks:
-                task.cancel()
-            await asyncio.gather(*child.tasks, return_exceptions=True)
+            await _cancel_tasks(child)
 
     async def _stop(self, child: Child) -> None:
         proc = child.proc
@@ -280,3 +276,10 @@ class Supervisor:
             if child.proc is not None and child.proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     child.proc.kill()
+
+
+async def _cancel_tasks(child: Child) -> None:
+    """Stop watching a child that is gone (its log pump, exit watcher, readiness reader)."""
+    for task in child.tasks:
+        task.cancel()
+    await asyncio.gather(*child.tasks, return_exceptions=True)

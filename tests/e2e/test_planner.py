@@ -124,6 +124,7 @@ def test_load_ramp_scales_up_then_down_without_losing_a_request(tmp_path: Path) 
         assert set(started) == {"worker-0", "worker-1", "worker-2"}
         assert [n for n, p in started.items() if process_alive(p)] == ["worker-0"]
         assert "exited unexpectedly" not in dep.log_text()
+        assert "could not add" not in dep.log_text()  # every scale-up started its worker first time
     finally:
         code = dep.stop()
     assert code == 130
