@@ -1,16 +1,22 @@
 """Aggregated vs disaggregated serving on the same number of workers, prefill-heavy multi-round QA.
 
-    .venv/bin/python -m benchmarks.disagg [--workers 2] [--users 24] [--rounds 4] [--qps 24] [--json]
+    .venv/bin/python -m benchmarks.disagg [--workers 2] [--qps 32 [40 ...]] [--duration 60] [--json]
 
-Mocker workers at speedup 1 (real simulated prefill and decode time). agg runs ``--workers`` workers;
-disagg runs the same number split into prefill and decode workers (``--prefill`` of them prefill),
-remote prefill on with the profile's thresholds. The workload is seed 003's shape, made prefill-heavy
-as in RAG: each user has a shared system prompt, and every round appends a freshly retrieved document
-(``--doc-words``, ~1,500 uncached tokens) and a question to the history; answers are short
-(``--answer-tokens``). Users are paced as production-stack's multi-round QA paces them (one request per
-user every users/qps seconds, staggered starts). Printed per mode: TTFT and ITL percentiles, output
-and input tokens/s, requests/s, and the mean per-request generation throughput (output tokens over the
-time from the first token to the last, production-stack's "average generation throughput").
+Mocker workers at speedup 1 (real simulated prefill and decode time). agg runs ``--workers`` workers,
+once per ``--agg-batched-tokens`` budget (chunked prefill: 2048, vLLM's API-server default below
+70 GiB of GPU memory, keeps each step short; 8192, its default on H100-class GPUs, batches whole
+prompts); disagg runs the same number split into ``--prefill`` prefill workers and decode workers,
+every long prompt remote unless ``--max-prefill-queue`` prefills are already queued or running.
+
+The workload is seed 003's shape, made prefill-heavy as in RAG: ``--users`` concurrent sessions, each
+with a shared system prompt, append a freshly retrieved document (``--doc-words``, ~1,500 uncached
+tokens) and a question to their history every round and get a short answer (``--answer-tokens``).
+A session has ``--rounds`` rounds, then a new one (fresh history) takes its place, so the load is
+steady for ``--duration`` seconds. Each user sends a round users/qps seconds after its previous one,
+or as soon as that one's answer is in if it took longer. Requests sent during ``--warmup`` are not
+counted. Printed per deployment: TTFT and ITL percentiles, output and input tokens/s, requests/s and
+the mean per-request generation throughput (output tokens over the time from the first token to the
+last, production-stack's "average generation throughput"), then disagg's ratios to each agg.
 """
 
 from __future__ import annotations
@@ -26,10 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import openai
 
 from benchmarks.loadgen import pct
 from benchmarks.workload import text
+from dynamo_cli.bench.http import Connection, Endpoint
 from dynamo_cli.runtime.handle import start
 
 
@@ -46,7 +52,8 @@ class Row:
 class Run:
     mode: str
     rows: list[Row] = field(default_factory=list)
-    wall: float = 0.0
+    wall: float = 0.0  # from the end of the warm-up to the last measured answer
+    last_end: float = 0.0
     decisions: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> dict[str, float]:
@@ -67,39 +74,43 @@ class Run:
         }
 
 
-async def _ask(client: openai.AsyncOpenAI, model: str, messages: list, answer_tokens: int) -> tuple[Row, str]:
-    t0 = time.perf_counter()
-    stamps: list[float] = []
-    parts: list[str] = []
-    usage = None
-    stream = await client.chat.completions.create(
-        model=model, messages=messages, max_tokens=answer_tokens, stream=True,  # type: ignore[arg-type]
-        stream_options={"include_usage": True}, extra_body={"ignore_eos": True}, temperature=0,
-    )  # fmt: skip
-    async for chunk in stream:
-        if chunk.choices and chunk.choices[0].delta.content:
-            stamps.append(time.perf_counter())
-            parts.append(chunk.choices[0].delta.content)
-        if chunk.usage is not None:
-            usage = chunk.usage
-    assert usage is not None and stamps, "a request produced no tokens"
-    itls = [b - a for a, b in itertools.pairwise(stamps)]
-    row = Row(stamps[0] - t0, itls, usage.prompt_tokens, usage.completion_tokens, stamps[-1] - stamps[0])
-    return row, "".join(parts)
+async def _ask(conn: Connection, model: str, messages: list, answer_tokens: int) -> tuple[Row, str]:
+    body = {
+        "model": model, "messages": messages, "max_tokens": answer_tokens, "stream": True,
+        "stream_options": {"include_usage": True}, "ignore_eos": True, "temperature": 0,
+    }  # fmt: skip
+    got = await conn.chat_stream(body)
+    t = got.token_times
+    assert t and got.prompt_tokens and got.completion_tokens, "a request produced no tokens"
+    itls = [b - a for a, b in itertools.pairwise(t)]
+    return Row(t[0] - got.launch, itls, got.prompt_tokens, got.completion_tokens, t[-1] - t[0]), got.text
 
 
-async def _user(client: openai.AsyncOpenAI, model: str, uid: int, args: argparse.Namespace, run: Run) -> None:
-    rng = random.Random(uid)
-    gap = args.users / args.qps
-    start_at = time.perf_counter() + uid * gap / args.users
-    messages = [{"role": "system", "content": text(random.Random(0), args.system_words)}]
-    for r in range(args.rounds):
-        await asyncio.sleep(max(0.0, start_at + r * gap - time.perf_counter()))
-        doc = text(rng, args.doc_words)
-        messages.append({"role": "user", "content": f"Document {r}:\n{doc}\nQuestion: " + text(rng, 15)})
-        row, answer = await _ask(client, model, messages, args.answer_tokens)
-        run.rows.append(row)
-        messages.append({"role": "assistant", "content": answer})
+async def _user(
+    conn: Connection, model: str, slot: int, qps: float, args: argparse.Namespace, run: Run, t0: float
+) -> None:
+    """One user slot: a session of ``--rounds`` rounds, then a fresh session (new history) in its place,
+    until ``--duration``. A round starts ``users/qps`` seconds after the previous one started, or as soon
+    as its answer is in if that took longer (no catching up in bursts)."""
+    gap = args.users / qps
+    system = {"role": "system", "content": text(random.Random(0), args.system_words)}
+    at = t0 + slot * gap / args.users
+    for session in itertools.count():
+        rng = random.Random(slot * 1_000_003 + session)
+        messages: list[dict[str, str]] = [system]
+        for r in range(args.rounds):
+            if at - t0 >= args.duration:
+                return
+            await asyncio.sleep(max(0.0, at - time.perf_counter()))
+            doc = text(rng, args.doc_words)
+            messages.append({"role": "user", "content": f"Document {r}:\n{doc}\nQuestion: " + text(rng, 15)})
+            sent = time.perf_counter()
+            row, answer = await _ask(conn, model, messages, args.answer_tokens)
+            if sent - t0 >= args.warmup:
+                run.rows.append(row)
+                run.last_end = max(run.last_end, time.perf_counter())
+            messages.append({"role": "assistant", "content": answer})
+            at = max(at + gap, time.perf_counter())
 
 
 def _decisions(url: str) -> dict[str, float]:
@@ -112,38 +123,43 @@ def _decisions(url: str) -> dict[str, float]:
     }
 
 
-def measure(mode: str, args: argparse.Namespace) -> Run:
+def measure(mode: str, qps: float, budget: int, args: argparse.Namespace) -> Run:
     run = Run(mode)
     with tempfile.TemporaryDirectory() as tmp:
         flags = ["--engine", "mocker", "--speedup", "1", "--router-mode", "kv"]
         if args.model:
             flags += ["--model", args.model]
         flags += ["--set", "router.replicas=0", "--set", "log_level=warning"]
+        flags += ["--set", f"mocker.max_num_batched_tokens={budget}"]
         if mode == "agg":
-            flags += ["--set", f"mocker.max_num_batched_tokens={args.max_batched_tokens}"]
             flags += ["--workers", str(args.workers)]
         else:
-            flags += ["--set", f"mocker.max_num_batched_tokens={args.disagg_batched_tokens}"]
             flags += [
                 "--prefill-workers",
                 str(args.prefill),
                 "--decode-workers",
                 str(args.workers - args.prefill),
             ]
+            flags += ["--set", f"disagg.max_prefill_queue_size={args.max_prefill_queue}"]
         for item in args.sets:
             flags += ["--set", item]
         dep = start(Path(tmp), mode, *flags)
         try:
 
             async def go() -> None:
-                async with openai.AsyncOpenAI(
-                    base_url=dep.base_url, api_key="x", max_retries=0, timeout=600
-                ) as client:
-                    await asyncio.gather(*(_user(client, dep.model, u, args, run) for u in range(args.users)))
+                ep = Endpoint.parse(dep.base_url)
+                conns = [Connection(ep) for _ in range(args.users)]
+                t0 = time.perf_counter()
+                try:
+                    await asyncio.gather(
+                        *(_user(c, dep.model, u, qps, args, run, t0) for u, c in enumerate(conns))
+                    )
+                finally:
+                    for c in conns:
+                        c.close()
+                run.wall = run.last_end - (t0 + args.warmup)
 
-            t0 = time.perf_counter()
             asyncio.run(go())
-            run.wall = time.perf_counter() - t0
             if mode == "disagg":
                 run.decisions = _decisions(dep.url)
         finally:
@@ -155,46 +171,74 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workers", type=int, default=2, help="workers in each deployment")
     ap.add_argument("--prefill", type=int, default=1, help="disagg: how many of them prefill")
-    ap.add_argument("--users", type=int, default=24)
-    ap.add_argument("--rounds", type=int, default=4)
-    ap.add_argument("--qps", type=float, default=24.0, help="requests per second over all users")
+    ap.add_argument("--users", type=int, default=64, help="concurrent user sessions")
+    ap.add_argument("--rounds", type=int, default=2, help="rounds of a session; then a new session starts")
+    ap.add_argument(
+        "--qps", type=float, nargs="+", default=[32.0], help="requests per second offered (several: a sweep)"
+    )
+    ap.add_argument("--duration", type=float, default=60.0, help="seconds of load")
+    ap.add_argument("--warmup", type=float, default=10.0, help="requests sent before this are not counted")
     ap.add_argument("--system-words", type=int, default=300)
     ap.add_argument("--doc-words", type=int, default=1200, help="new document per round")
+    ap.add_argument("--answer-tokens", type=int, default=48)
     ap.add_argument(
-        "--max-batched-tokens",
+        "--agg-batched-tokens",
         type=int,
-        default=2048,
-        help="agg: mocker token budget per step (chunked prefill; vLLM's API-server default on most GPUs)",
+        nargs="*",
+        default=[2048, 8192],
+        help="agg: one deployment per mocker token budget of a step (none: disagg only)",
     )
     ap.add_argument(
         "--disagg-batched-tokens",
         type=int,
         default=8192,
-        help="disagg: the same budget; prefill workers protect no decodes, so they take bigger steps",
+        help="disagg: the same budget; prefill workers protect no decodes, so they take big steps",
     )
-    ap.add_argument("--answer-tokens", type=int, default=48)
-    ap.add_argument("--modes", nargs="+", default=["agg", "disagg"])
+    ap.add_argument(
+        "--max-prefill-queue",
+        type=int,
+        default=16,
+        help="disagg: max-prefill-queue-size; it counts prefills queued or running, and a prefill worker "
+        "runs up to 8 at once",
+    )
+    ap.add_argument("--no-disagg", action="store_true", help="measure the agg deployments only")
     ap.add_argument("--model", help="model folder (its config sets the KV bytes a token; default: embedded)")
     ap.add_argument(
-        "--set", dest="sets", action="append", default=[], help="extra --set for both deployments"
+        "--set", dest="sets", action="append", default=[], help="extra --set for every deployment"
     )
-    ap.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    ap.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
     args = ap.parse_args()
-    runs = {m: measure(m, args) for m in args.modes}
-    sums = {m: r.summary() for m, r in runs.items()}
+    report: list[dict] = []
+    for qps in args.qps:
+        plan = [(f"agg@{b}", "agg", b) for b in args.agg_batched_tokens]
+        if not args.no_disagg:
+            plan.append(("disagg", "disagg", args.disagg_batched_tokens))
+        runs = {name: measure(mode, qps, budget, args) for name, mode, budget in plan}
+        sums = {name: r.summary() for name, r in runs.items()}
+        disagg = runs.get("disagg")
+        report.append({"qps": qps, "summary": sums, "decisions": disagg.decisions if disagg else {}})
+        if not args.json:
+            _print(qps, sums, disagg)
     if args.json:
-        print(json.dumps({"summary": sums, "decisions": runs.get("disagg", Run("")).decisions}, indent=1))
-        return
+        print(json.dumps(report, indent=1))
+
+
+def _print(qps: float, sums: dict[str, dict[str, float]], disagg: Run | None) -> None:
+    print(f"\n{qps:g} req/s offered")
     cols = list(next(iter(sums.values())))
     print(f"{'':>20}" + "".join(f"{m:>12}" for m in sums))
     for c in cols:
         print(f"{c:>20}" + "".join(f"{sums[m][c]:>12.2f}" for m in sums))
-    if "agg" in sums and "disagg" in sums:
-        a, d = sums["agg"], sums["disagg"]
-        print(f"\ndisagg/agg: ITL p50 {d['itl_p50_ms'] / a['itl_p50_ms']:.2f}x (target <= 0.5), "
-              f"output tok/s {d['output_tok_s'] / a['output_tok_s']:.2f}x (target >= 0.95), "
-              f"per-request generation {d['gen_tok_per_req_s'] / a['gen_tok_per_req_s']:.2f}x")  # fmt: skip
-        print("disagg prefill decisions:", runs["disagg"].decisions)
+    if disagg is None:
+        return
+    d = sums["disagg"]
+    for name, a in sums.items():
+        if name.startswith("agg"):
+            r = {k: d[k] / a[k] for k in ("itl_p50_ms", "itl_p99_ms", "output_tok_s", "gen_tok_per_req_s")}
+            print(f"disagg/{name}: ITL p50 {r['itl_p50_ms']:.2f}x (target <= 0.5), "
+                  f"ITL p99 {r['itl_p99_ms']:.2f}x, output tok/s {r['output_tok_s']:.2f}x (target >= 0.95), "
+                  f"per-request generation {r['gen_tok_per_req_s']:.2f}x")  # fmt: skip
+    print("disagg prefill decisions:", disagg.decisions)
 
 
 if __name__ == "__main__":

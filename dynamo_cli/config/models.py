@@ -147,7 +147,10 @@ class DisaggConfig(_Model):
         "decode worker prefills locally.",
     )
     max_prefill_queue_size: int = Field(
-        2, ge=0, description="Remote prefill only while fewer prefills than this are queued or running."
+        16,
+        ge=0,
+        description="Remote prefill only while fewer prefills than this are queued or running (a prefill "
+        "worker runs up to 8 at once; scale it with the prefill workers).",
     )
     prefill_timeout_s: float = Field(
         30.0, gt=0, description="A remote prefill not done by then is dropped and prefilled locally."
