@@ -18,7 +18,7 @@ import pytest
 from dynamo_cli.runtime import protocol
 from dynamo_cli.runtime.handle import Deployment, start
 from dynamo_cli.runtime.messaging import NatsRequestPlane
-from tests.e2e.helpers import scrape
+from tests.e2e.helpers import child_pids, scrape
 
 pytestmark = [
     pytest.mark.e2e,
@@ -133,18 +133,10 @@ def test_smollm2_knows_the_capital_of_france(smol: Deployment) -> None:
     assert r.choices[0].finish_reason == "stop"
 
 
-def _children(pid: int) -> list[int]:
-    out: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        text = (task / "children").read_text().split()
-        out += [int(p) for p in text]
-    return out
-
-
 def test_a_dead_engine_takes_its_worker_down_and_the_launcher_restarts_it(tiny: Deployment) -> None:
     """Runs last in this module: it kills the shared deployment's engine."""
     worker = tiny.pid("worker-0")
-    engine_procs = [c for c in _children(worker) if "EngineCore" in Path(f"/proc/{c}/cmdline").read_text()]
+    engine_procs = [c for c in child_pids(worker) if "EngineCore" in Path(f"/proc/{c}/cmdline").read_text()]
     assert engine_procs, "vLLM's engine core runs in a child process of the worker (VLLM::EngineCore)"
     os.kill(engine_procs[0], signal.SIGKILL)
     deadline = time.monotonic() + 60

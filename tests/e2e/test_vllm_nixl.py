@@ -16,7 +16,6 @@ import signal
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -27,6 +26,7 @@ from dynamo_cli.config.models import DynamoConfig
 from dynamo_cli.engines.base import EngineOutput, EngineRequest, SamplingOptions
 from dynamo_cli.models.tiny import build_tiny_llama
 from dynamo_cli.runtime.servers import free_port
+from tests.e2e.helpers import child_pids
 
 pytestmark = [
     pytest.mark.e2e,
@@ -40,18 +40,9 @@ DECODE_TIMEOUT_S = 2.0  # the decode engine's disagg.prefill_timeout_s: how long
 
 def _process_tree(pid: int) -> list[int]:
     out = [pid]
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            out += _process_tree(int(child))
+    for child in child_pids(pid):
+        out += _process_tree(child)
     return out
-
-
-def _children() -> set[int]:
-    return {
-        int(c)
-        for t in Path(f"/proc/{os.getpid()}/task").iterdir()
-        for c in (t / "children").read_text().split()
-    }
 
 
 @dataclass
@@ -84,9 +75,9 @@ async def pair(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Pair]:
     decode_cfg = base | {"disagg": {"remote_prefill": True, "prefill_timeout_s": DECODE_TIMEOUT_S}}
     decode = VllmEngine(DynamoConfig.model_validate(decode_cfg), model, seed=1)
     try:
-        before = _children()
+        before = set(child_pids(os.getpid()))
         await prefill.start()
-        pids = [p for c in _children() - before for p in _process_tree(c)]
+        pids = [p for c in set(child_pids(os.getpid())) - before for p in _process_tree(c)]
         await decode.start()
         yield Pair(prefill, decode, pids)
     finally:
