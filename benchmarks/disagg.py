@@ -36,6 +36,7 @@ import httpx
 from benchmarks.loadgen import pct
 from benchmarks.workload import text
 from dynamo_cli.bench.http import Connection, Endpoint
+from dynamo_cli.roles.prefill import MAX_IN_FLIGHT
 from dynamo_cli.runtime.handle import start
 
 
@@ -199,7 +200,7 @@ def main() -> None:
         type=int,
         default=16,
         help="disagg: max-prefill-queue-size; it counts prefills queued or running, and a prefill worker "
-        "runs up to 8 at once",
+        f"runs up to {MAX_IN_FLIGHT} at once",
     )
     ap.add_argument("--no-disagg", action="store_true", help="measure the agg deployments only")
     ap.add_argument("--model", help="model folder (its config sets the KV bytes a token; default: embedded)")
