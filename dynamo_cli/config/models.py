@@ -67,6 +67,30 @@ class FrontendConfig(_Model):
         True,
         description="Encode byte-level BPE with tiktoken when it provably matches the model's tokenizer.",
     )
+    max_body_mb: float = Field(
+        16.0,
+        gt=0,
+        le=1024,
+        description="Largest request body in MiB; a larger one gets a 413 before it is parsed. 16 MiB holds "
+        "a full 1M-token context JSON-escaped, with tools and history (docs/limits.md).",
+    )
+    max_json_values: int = Field(
+        262144,
+        ge=1024,
+        description="Most JSON values (strings, numbers, arrays, objects...) in one request body: parsing "
+        "costs per value, so a body of many tiny ones is refused.",
+    )
+    max_messages: int = Field(2048, ge=1, description="Most messages in one chat request.")
+    max_stop: int = Field(16, ge=0, description="Most stop strings (and stop token ids) in one request.")
+    max_stop_chars: int = Field(1024, ge=1, description="Longest stop string, in characters.")
+    max_logit_bias: int = Field(1024, ge=0, description="Most entries in one request's logit_bias map.")
+    max_tools: int = Field(128, ge=0, description="Most tools in one chat request.")
+    max_schema_kb: int = Field(
+        1024,
+        ge=1,
+        description="Largest tools array or response_format schema, in KiB of JSON.",
+    )
+    max_restarts: int = Field(5, ge=0, description="Restarts of a dead frontend before the deployment stops.")
 
 
 class RouterConfig(_Model):
@@ -87,6 +111,7 @@ class RouterConfig(_Model):
         "its own decisions (approximate mode, with a warning).",
     )
     approx_ttl_s: float = Field(120.0, gt=0, description="Approximate mode: how long a routed prefix counts.")
+    max_restarts: int = Field(5, ge=0, description="Restarts of a dead router before the deployment stops.")
 
 
 class WorkerGroupConfig(_Model):
@@ -299,6 +324,12 @@ class PlannerConfig(_Model):
 class SupervisorConfig(_Model):
     ready_timeout_s: float = Field(300.0, gt=0, description="Longest a role may take to become ready.")
     stop_timeout_s: float = Field(20.0, gt=0, description="Graceful stop per role before it is killed.")
+    infra_max_restarts: int = Field(
+        5,
+        ge=0,
+        description="Restarts of an etcd or NATS that `dynamo run` spawned (same port, same data) before "
+        "the deployment stops.",
+    )
 
 
 class DynamoConfig(_Model):

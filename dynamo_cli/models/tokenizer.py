@@ -90,6 +90,7 @@ class ModelTokenizer:
             for tid in [tok]
         }
         self._byte_table = self._build_byte_table()
+        self.longest_token = self._longest_token()
         self._fast = None
         if fast_encode:
             from dynamo_cli.models.fastbpe import FastBpe
@@ -117,9 +118,11 @@ class ModelTokenizer:
         return self._fast is not None
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Text to ids. Releases the GIL while it works (tiktoken does; `tokenizers` does only in its
+        batch call, so that is the one used), so other threads and the event loop keep running."""
         if self._fast is not None and not add_special_tokens:
             return self._fast.encode(text)
-        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+        return self.tokenizer.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
 
     def render_chat(
         self, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True, **kwargs: Any
@@ -171,6 +174,19 @@ class ModelTokenizer:
                 table[tid] = token.encode()
         return table
 
+    def _longest_token(self) -> int:
+        """The most characters of input one token can stand for; 0 when a normalizer could shorten the
+        text (then no bound from the text's length holds)."""
+        spec = json.loads(self.tokenizer.to_str())
+        if not _normalizer_keeps_length(spec.get("normalizer")):
+            return 0
+        if self._byte_table is not None:
+            longest = max((len(b) for b in self._byte_table), default=1)
+        else:  # a character of the vocabulary's spelling stands for at least one character of input
+            longest = max((len(t) for t in self.tokenizer.get_vocab(with_added_tokens=True)), default=1)
+        added = (len(t.get("content", "")) for t in spec.get("added_tokens", []))
+        return max(longest, *added, 1)
+
     def detokenizer(self, skip_special_tokens: bool = True) -> IncrementalDetokenizer:
         return IncrementalDetokenizer(self, skip_special_tokens)
 
@@ -213,6 +229,22 @@ class IncrementalDetokenizer:
         if self._table is not None:
             return self._utf8.decode(b"", final=True)
         return ""
+
+
+def _normalizer_keeps_length(spec: dict[str, Any] | None) -> bool:
+    """Normalizers that never make text shorter: none, prepending, replacing a space by one character
+    (SentencePiece's "▁"), and sequences of those."""
+    if spec is None:
+        return True
+    kind = spec.get("type")
+    if kind == "Sequence":
+        return all(_normalizer_keeps_length(n) for n in spec.get("normalizers", []))
+    if kind == "Prepend":
+        return True
+    if kind == "Replace":
+        pattern = spec.get("pattern") or {}
+        return pattern.get("String") == " " and len(spec.get("content", "")) >= 1
+    return False
 
 
 def _read_json(path: Path) -> dict[str, Any]:

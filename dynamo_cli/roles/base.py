@@ -32,6 +32,9 @@ def infra_url(setting: str, default: str, what: str) -> str:
 
 class Role(abc.ABC):
     name: str
+    # A stateless role (frontend, router) whose lease expired takes a new one and registers again; any
+    # other role exits (it is restarted).
+    reregister: bool = False
 
     def __init__(self, cfg: DynamoConfig):
         self.cfg = cfg
@@ -52,7 +55,7 @@ class Role(abc.ABC):
             return
         etcd_url = infra_url(self.cfg.infra.etcd, DEFAULT_ETCD, "etcd")
         self.discovery = await EtcdDiscovery.connect(
-            etcd_url, self.cfg.namespace, ttl=self.cfg.infra.lease_ttl_s
+            etcd_url, self.cfg.namespace, ttl=self.cfg.infra.lease_ttl_s, reregister=self.reregister
         )
 
     async def fail_when_dead(self, engine: Engine) -> None:

@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 
 class RouterRole(Role):
+    reregister = True
+
     def __init__(self, cfg: DynamoConfig, index: int = 0):
         super().__init__(cfg)
         self.name = f"router-{index}"

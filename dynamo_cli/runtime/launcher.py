@@ -11,6 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
 
 import httpx
 import yaml
@@ -30,15 +31,16 @@ if TYPE_CHECKING:
     from dynamo_cli.runtime.local_planner import LocalPlanner
 
 
-def _server_spec(plan: ServerPlan) -> ProcessSpec:
-    """etcd and NATS are chatty at start: show only their warnings and errors."""
+def _server_spec(plan: ServerPlan, max_restarts: int) -> ProcessSpec:
+    """etcd and NATS are chatty at start: show only their warnings and errors. One that dies is started
+    again with the same command line: same port, same data folder."""
     if plan.name == "etcd":
         probe = lambda: etcd_version(plan.url, timeout=0.2) is not None  # noqa: E731
         show = lambda line: '"level":"error"' in line or '"level":"fatal"' in line or "panic" in line  # noqa: E731
     else:
         probe = lambda: nats_info(plan.url, timeout=0.2) is not None  # noqa: E731
         show = lambda line: any(t in line for t in ("[ERR]", "[FTL]", "[WRN]"))  # noqa: E731
-    return ProcessSpec(plan.name, plan.argv, probe=probe, shim=True, show=show)
+    return ProcessSpec(plan.name, plan.argv, probe=probe, shim=True, show=show, max_restarts=max_restarts)
 
 
 def role_specs(
@@ -48,10 +50,21 @@ def role_specs(
     groups = worker_groups(cfg) if groups is None else groups
     specs = [g.spec(i, config_path, workdir) for g in groups for i in range(g.initial)]
     specs += [
-        ProcessSpec(f"router-{i}", role_argv("router", config_path, i)) for i in range(cfg.router.replicas)
+        ProcessSpec(f"router-{i}", role_argv("router", config_path, i), max_restarts=cfg.router.max_restarts)
+        for i in range(cfg.router.replicas)
     ]
-    specs.append(ProcessSpec("frontend", role_argv("frontend", config_path)))
+    frontend = ProcessSpec(
+        "frontend", role_argv("frontend", config_path), max_restarts=cfg.frontend.max_restarts
+    )
+    specs.append(frontend)
     return specs
+
+
+def keep_port(spec: ProcessSpec, url: str) -> None:
+    """A restarted frontend binds the port the first one got (the one given for --port 0), so clients and
+    the planner's metrics URL see at most a short refusal."""
+    port = urlparse(url).port
+    spec.argv = [*spec.argv, "--set", f"frontend.port={port}"]
 
 
 async def _wait_healthy(url: str, timeout: float) -> dict[str, Any]:
@@ -95,7 +108,10 @@ class Launcher:
         for p in plans:
             con.print(f"{p.name}: {'spawning a local server at' if p.spawn else 'using'} {p.url}")
         timeout = cfg.supervisor.ready_timeout_s
-        await asyncio.gather(*(self.sup.start(_server_spec(p), timeout=min(timeout, 30)) for p in spawned))
+        restarts = cfg.supervisor.infra_max_restarts
+        await asyncio.gather(
+            *(self.sup.start(_server_spec(p, restarts), timeout=min(timeout, 30)) for p in spawned)
+        )
         resolved = cfg.model_copy(deep=True)
         resolved.infra.etcd, resolved.infra.nats = plans[0].url, plans[1].url
         resolved.model, resolved.served_model_name = str(model.path), model.name
@@ -107,6 +123,7 @@ class Launcher:
             children = await asyncio.gather(*(self.sup.start(s, timeout=timeout) for s in specs))
             self.url = children[-1].ready_info.get("url")
             assert self.url is not None
+            keep_port(children[-1].spec, self.url)
             health = await _wait_healthy(self.url, timeout)
         elapsed = time.perf_counter() - t0
         workers = f"{health['workers']} worker(s)"

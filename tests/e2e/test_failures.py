@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,7 +17,7 @@ import openai
 import pytest
 
 from dynamo_cli.runtime.handle import DYNAMO, process_alive, start
-from tests.e2e.helpers import wait_for
+from tests.e2e.helpers import child_pids, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -111,8 +112,77 @@ def test_second_ctrl_c_forces(tmp_path: Path) -> None:
     wait_for(lambda: not any(process_alive(p) for p in pids), 10, "every child to be gone")
 
 
-def test_dead_frontend_shuts_the_deployment_down(tmp_path: Path) -> None:
-    dep = start(tmp_path, "agg", "--engine", "mocker", "--workers", "1")
+def _serving(dep) -> bool:
+    try:
+        r = httpx.post(
+            dep.url + "/v1/chat/completions",
+            json={"model": dep.model, "messages": MESSAGES, "max_tokens": 3},
+            timeout=5,
+        )
+    except httpx.HTTPError:
+        return False
+    return r.status_code == 200
+
+
+def _role_pid(dep, name: str) -> int | None:
+    """The live pid of a role the launcher started (it changes when the role is restarted)."""
+    for pid in child_pids(dep.proc.pid):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except FileNotFoundError:
+            continue
+        if b"role" in cmd and cmd[cmd.index(b"role") + 1].decode() == name.split("-")[0]:
+            if name == "frontend" or cmd[cmd.index(b"--index") + 1].decode() == name.split("-")[1]:
+                return pid
+    return None
+
+
+def test_killed_frontend_and_router_come_back_under_load(tmp_path: Path) -> None:
+    dep = start(tmp_path, "agg", "--engine", "mocker", "--workers", "2", "--speedup", "20")
+    stop = threading.Event()
+    results: list[int | str] = []
+
+    def load() -> None:  # a client that keeps asking, through both kills
+        with httpx.Client(timeout=30) as client:
+            while not stop.is_set():
+                try:
+                    r = client.post(
+                        dep.url + "/v1/chat/completions",
+                        json={"model": dep.model, "messages": MESSAGES, "max_tokens": 20},
+                    )
+                    results.append(r.status_code)
+                except httpx.HTTPError as e:
+                    results.append(type(e).__name__)
+                    time.sleep(0.05)
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    try:
+        url = dep.url
+        for t in threads:
+            t.start()
+        for name in ("frontend", "router-0"):
+            old = _role_pid(dep, name)
+            assert old is not None
+            served = len(results)
+            os.kill(old, signal.SIGKILL)
+            wait_for(lambda n=name: f"restarting {n} (1/5)" in dep.log_text(), 20, f"{name}'s restart")
+            wait_for(lambda: _serving(dep), 60, f"the deployment to serve again after {name} died")
+            assert dep.proc.poll() is None, "the launcher exited"
+            new = _role_pid(dep, name)
+            assert new is not None and new != old
+            wait_for(lambda s=served: results[s:].count(200) >= 20, 30, "the clients to be served again")
+        assert dep.url == url  # the frontend came back on the port it first got (--port 0)
+        assert results.count(200) > 40
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+        code = dep.stop()
+    assert code == 130
+
+
+def test_a_frontend_that_keeps_dying_stops_the_deployment(tmp_path: Path) -> None:
+    dep = start(tmp_path, "agg", "--engine", "mocker", "--workers", "1", "--set", "frontend.max_restarts=0")
     pids = dep.all_pids()
     os.kill(dep.pid("frontend"), signal.SIGKILL)
     code = dep.proc.wait(60)
@@ -121,6 +191,26 @@ def test_dead_frontend_shuts_the_deployment_down(tmp_path: Path) -> None:
     assert "frontend exited unexpectedly with signal SIGKILL" in log
     assert "error: frontend exited with signal SIGKILL" in log
     wait_for(lambda: not any(process_alive(p) for p in pids), 10, "every child to be gone")
+
+
+def test_a_killed_etcd_and_nats_are_started_again(tmp_path: Path) -> None:
+    dep = start(tmp_path, "agg", "--engine", "mocker", "--workers", "1", "--set", "infra.lease_ttl_s=3")
+    try:
+        for name in ("etcd", "nats"):
+            os.kill(dep.pid(name), signal.SIGKILL)
+            wait_for(lambda n=name: f"restarting {n} (1/5)" in dep.log_text(), 20, f"{name}'s restart")
+            wait_for(lambda: _serving(dep), 60, f"the deployment to serve again after {name} died")
+            assert dep.proc.poll() is None
+        # Discovery still works after etcd came back: the dead worker's lease runs out and its
+        # successor is seen (a watch that did not resume would keep routing to the dead one).
+        os.kill(dep.pid("worker-0"), signal.SIGKILL)
+        wait_for(lambda: "restarting worker-0 (1/3)" in dep.log_text(), 20, "the worker's restart")
+        time.sleep(3 + 2)  # the dead worker's lease (3 s) expires
+        wait_for(lambda: _serving(dep), 30, "the restarted worker to serve")
+        assert all(_serving(dep) for _ in range(5))
+    finally:
+        code = dep.stop()
+    assert code == 130
 
 
 def test_busy_port_is_a_clear_startup_error(tmp_path: Path) -> None:

@@ -96,3 +96,48 @@ async def test_sigkilled_process_vanishes_when_its_lease_expires(etcd_url: str, 
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+
+
+def _spin(seconds: float) -> None:
+    """Hold the event loop in Python code (the GIL is shared every switch interval)."""
+    end = time.monotonic() + seconds
+    n = 0
+    while time.monotonic() < end:
+        n += 1
+
+
+@pytest.mark.parametrize("block", [time.sleep, _spin], ids=["sleep", "busy"])
+async def test_the_lease_is_kept_while_the_loop_is_blocked(etcd_url: str, namespace: str, block) -> None:
+    ttl = 2
+    d = await EtcdDiscovery.connect(etcd_url, namespace, ttl=ttl)
+    await d.register("frontend", {"url": "u"})
+    iid = d.instance_id
+    block(3 * ttl)  # the loop does nothing for 3 TTLs
+    watcher = await EtcdDiscovery.connect(etcd_url, namespace, ttl=5)
+    assert [i.instance_id for i in await watcher.watch("frontend", lambda e: None)] == [iid]
+    assert d.keeper.refreshed >= 3 * ttl / (ttl / 3) - 2
+    assert not d.lease_lost.is_set()
+    await watcher.close()
+    await d.close()
+
+
+async def test_a_stateless_role_whose_lease_expired_registers_again(etcd_url: str, namespace: str) -> None:
+    frontend = await EtcdDiscovery.connect(etcd_url, namespace, ttl=2, reregister=True)
+    worker = await EtcdDiscovery.connect(etcd_url, namespace, ttl=2)
+    await frontend.register("frontend", {"url": "u"})
+    await worker.register("worker", {"subject": "s"})
+    old = frontend.instance_id
+    watcher = await EtcdDiscovery.connect(etcd_url, namespace, ttl=5)
+    events: asyncio.Queue[DiscoveryEvent] = asyncio.Queue()
+    await watcher.watch("frontend", events.put_nowait)
+    # etcd drops both leases (as it does when keep-alives stopped reaching it for a TTL).
+    await watcher._client.revoke_lease(old)
+    await watcher._client.revoke_lease(worker.instance_id)
+    assert (await _next_event(events, 5)).kind == "delete"
+    ev = await _next_event(events, 10)
+    assert (ev.kind, ev.instance.data["url"]) == ("put", "u")
+    assert ev.instance.instance_id == frontend.instance_id != old
+    await asyncio.wait_for(worker.lease_lost.wait(), 10)  # a worker's lease is its identity: it says so
+    assert not frontend.lease_lost.is_set()
+    for d in (watcher, frontend, worker):
+        await d.close()

@@ -283,7 +283,11 @@ def test_prompt_longer_than_the_context_is_400(tok: ModelTokenizer) -> None:
             build_generation("r", [1] * n, chat(), tok)
         assert e.value.status == 400
         assert e.value.code == "context_length_exceeded"
+        assert e.value.param == "messages"
         assert str(n) in e.value.message
+    with pytest.raises(OpenAIError) as e:
+        build_generation("r", [1] * tok.context_length, CompletionRequest(model=MODEL, prompt=[1]), tok)
+    assert e.value.param == "prompt"
 
 
 def test_max_tokens_past_the_context_is_400_naming_max_tokens(tok: ModelTokenizer) -> None:

@@ -119,11 +119,6 @@ def test_empty_stop_string_is_rejected(stop: Any) -> None:
     assert chat_error(stop=stop).param == "stop"
 
 
-def test_at_most_16_stop_strings() -> None:
-    ChatCompletionRequest(model="m", messages=USER, stop=[str(i) for i in range(16)])
-    assert "16" in chat_error(stop=[str(i) for i in range(17)]).message
-
-
 def test_stream_options_without_stream_is_rejected() -> None:
     err = chat_error(stream_options={"include_usage": True})
     assert err.status == 400

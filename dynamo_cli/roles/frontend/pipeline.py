@@ -55,7 +55,7 @@ def build_generation(
         raise OpenAIError(
             400,
             f"the prompt has {n} tokens; the model's context is {limit}",
-            param="messages",
+            param="messages" if hasattr(body, "messages") else "prompt",
             code="context_length_exceeded",
         )
     requested = body.requested_max_tokens

@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import uvicorn
@@ -18,7 +19,9 @@ from dynamo_cli.models.resolve import ResolvedModel
 from dynamo_cli.models.tokenizer import ModelTokenizer
 from dynamo_cli.roles.base import Role
 from dynamo_cli.roles.frontend.client import WorkerClient
+from dynamo_cli.roles.frontend.limits import MIB, RequestLimits
 from dynamo_cli.roles.frontend.metrics import FrontendMetrics
+from dynamo_cli.roles.frontend.parsing import BodyParser
 from dynamo_cli.roles.frontend.server import FrontendState, build_app
 from dynamo_cli.runtime import protocol
 from dynamo_cli.runtime.prefill_queue import PrefillQueue
@@ -28,6 +31,7 @@ from dynamo_cli.runtime.workers import InstanceSet
 logger = logging.getLogger(__name__)
 
 QUEUE_POLL_S = 0.5
+PREPROCESS_THREADS = 4  # more than the cores: a huge prompt's tokenisation must not queue the others
 
 
 class _Server(uvicorn.Server):
@@ -56,6 +60,8 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 class FrontendRole(Role):
+    reregister = True
+
     def __init__(self, cfg: DynamoConfig, model: ResolvedModel):
         super().__init__(cfg)
         self.name = "frontend"
@@ -64,6 +70,8 @@ class FrontendRole(Role):
         self.service: RoutingService | None = None
         self._serve_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._pool: ThreadPoolExecutor | None = None
+        self._parser: BodyParser | None = None
 
     async def start(self) -> dict[str, Any]:
         fcfg = self.cfg.frontend
@@ -92,7 +100,23 @@ class FrontendRole(Role):
         await self.plane.subscribe(protocol.planner_subject(self.cfg.namespace), on_decision)
         client = WorkerClient(self.plane, self.cfg, workers, service=self.service, routers=routers)
         client.on_retry = metrics.retries.inc
-        state = FrontendState(self.model.name, tokenizer, client, workers, metrics, self.service)
+        limits = RequestLimits.build(
+            fcfg, tokenizer.context_length, tokenizer.longest_token or 1 << 40, tokenizer.vocab_size
+        )
+        self._pool = ThreadPoolExecutor(PREPROCESS_THREADS, thread_name_prefix="preprocess")
+        self._parser = BodyParser(limits)
+        await self._parser.warm_up()
+        state = FrontendState(
+            self.model.name,
+            tokenizer,
+            client,
+            workers,
+            metrics,
+            self._parser,
+            self._pool,
+            max_body=int(fcfg.max_body_mb * MIB),
+            routing=self.service,
+        )
         config = uvicorn.Config(
             build_app(state),
             log_level="warning",
@@ -144,4 +168,8 @@ class FrontendRole(Role):
     async def close(self) -> None:
         if self.service is not None:
             await self.service.close()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._parser is not None:
+            self._parser.close()
         await super().close()

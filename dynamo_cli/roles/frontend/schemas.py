@@ -62,9 +62,7 @@ class _Sampling(_Req):
     @field_validator("stop")
     @classmethod
     def _stops(cls, v: str | list[str] | None) -> list[str]:
-        stops = [v] if isinstance(v, str) else list(v or [])
-        if len(stops) > 16:
-            raise ValueError("at most 16 stop sequences")
+        stops = [v] if isinstance(v, str) else list(v or [])  # how many: limits.RequestLimits
         if any(s == "" for s in stops):
             raise ValueError("stop sequences must not be empty")
         return stops

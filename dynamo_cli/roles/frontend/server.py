@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +22,9 @@ from starlette.types import Receive, Scope, Send
 from dynamo_cli.errors import UsageError
 from dynamo_cli.models.tokenizer import ModelTokenizer
 from dynamo_cli.roles.frontend.client import WorkerClient, WorkerFailure
+from dynamo_cli.roles.frontend.limits import MIB, BodyLimit
 from dynamo_cli.roles.frontend.metrics import FrontendMetrics
+from dynamo_cli.roles.frontend.parsing import BodyParser
 from dynamo_cli.roles.frontend.pipeline import Generation, build_generation, new_request_id, run_generation
 from dynamo_cli.roles.frontend.schemas import (
     ChatCompletionRequest,
@@ -39,6 +42,10 @@ logger = logging.getLogger(__name__)
 _JSON = "application/json"
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 _DONE = b"data: [DONE]\n\n"
+# A body this small templates and tokenises in about a millisecond: cheaper in place than the thread
+# hop, which also waits for the GIL (benchmarks.preprocess: 0.7 ms and a 2.7 ms loop stall inline for a
+# 1.3k-token chat, against 1.0 ms and 4.0 ms through a thread).
+INLINE_PREPROCESS_BYTES = 16 * 1024
 
 
 @dataclass
@@ -48,6 +55,10 @@ class FrontendState:
     client: WorkerClient
     workers: InstanceSet
     metrics: FrontendMetrics
+    parser: BodyParser  # JSON and the caps on it, large bodies in other processes
+    # Templating and tokenisation run here, off the event loop (the encoders release the GIL).
+    preprocess: ThreadPoolExecutor
+    max_body: int = 16 * MIB
     routing: RoutingService | None = None  # the embedded router, if any
 
 
@@ -117,14 +128,10 @@ class Api:
         self.s = state
 
     # ---- common -----------------------------------------------------------------------------------
-    async def _parse(self, request: Request, model_cls: type[_Sampling]) -> _Sampling:
+    async def _parse(self, request: Request, model_cls: type[_Sampling]) -> tuple[_Sampling, int]:
+        """The validated request, and its body's size."""
         body = await request.body()
-        try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError as e:
-            raise OpenAIError(400, f"the request body is not valid JSON ({e})", code="invalid_json") from None
-        if not isinstance(data, dict):
-            raise OpenAIError(400, "the request body must be a JSON object", code="invalid_json")
+        data = await self.s.parser.parse(body, chat=model_cls is ChatCompletionRequest)
         try:
             parsed = model_cls.model_validate(data)
         except ValidationError as e:
@@ -134,7 +141,7 @@ class Api:
                 404, f"the model '{parsed.model}' does not exist; this server has '{self.s.model}'",
                 param="model", code="model_not_found",
             )  # fmt: skip
-        return parsed
+        return parsed, len(body)
 
     async def _first(self, deltas: AsyncIterator[str]) -> str | None:
         """Start the generation: routing errors surface here, before any byte is sent."""
@@ -164,8 +171,12 @@ class Api:
         status = 200
         try:
             try:
-                body = await self._parse(request, model_cls)
-                prompt_ids = self._prompt_ids(body)
+                body, size = await self._parse(request, model_cls)
+                if size <= INLINE_PREPROCESS_BYTES:
+                    prompt_ids = self._prompt_ids(body)
+                else:
+                    loop = asyncio.get_running_loop()
+                    prompt_ids = await loop.run_in_executor(self.s.preprocess, self._prompt_ids, body)
                 gen = build_generation(new_request_id(kind), prompt_ids, body, self.s.tokenizer)
                 deltas = run_generation(gen, self.s.model, self.s.client, self.s.tokenizer, m)
                 if body.stream:
@@ -192,24 +203,37 @@ class Api:
             m.duration.observe(time.perf_counter() - t0)
 
     def _prompt_ids(self, body: _Sampling) -> list[int]:
+        """Template and tokenise (in the preprocessing pool): the prompt's token ids."""
         tok = self.s.tokenizer
         if isinstance(body, ChatCompletionRequest):
             try:
                 messages = [{**m.model_dump(exclude_none=True), "content": m.text()} for m in body.messages]
             except ValueError as e:
                 raise OpenAIError(400, str(e), param="messages", code="invalid_value") from None
-            return tok.encode_chat(
+            text = tok.render_chat(
                 messages,
                 add_generation_prompt=body.add_generation_prompt,
                 **(body.chat_template_kwargs or {}),
             )
-        assert isinstance(body, CompletionRequest)
-        prompt = body.prompt
-        if isinstance(prompt, str):
-            return tok.encode(prompt, add_special_tokens=True)
-        if any(not isinstance(t, int) or t < 0 or t >= tok.vocab_size for t in prompt):
-            raise OpenAIError(400, f"prompt token ids must be in [0, {tok.vocab_size})", param="prompt")
-        return list(prompt)  # type: ignore[arg-type]
+            self.s.parser.limits.check_text(len(text), "messages")  # tools and template text count too
+            ids = tok.encode(text, add_special_tokens=False)  # the template writes BOS where wanted
+            param = "messages"
+        else:
+            assert isinstance(body, CompletionRequest)
+            prompt = body.prompt
+            param = "prompt"
+            if isinstance(prompt, str):
+                ids = tok.encode(prompt, add_special_tokens=True)
+            else:
+                if any(not isinstance(t, int) or t < 0 or t >= tok.vocab_size for t in prompt):
+                    raise OpenAIError(
+                        400, f"prompt token ids must be in [0, {tok.vocab_size})", param="prompt",
+                        code="invalid_value",
+                    )  # fmt: skip
+                ids = list(prompt)  # type: ignore[arg-type]
+        if not ids:
+            raise OpenAIError(400, "the prompt is empty (it has no tokens)", param=param, code="empty_prompt")
+        return ids
 
     async def _collect(self, deltas: AsyncIterator[str]) -> str:
         return "".join([d async for d in deltas])
@@ -312,7 +336,7 @@ class Api:
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
-def build_app(state: FrontendState) -> FastAPI:
+def build_app(state: FrontendState) -> BodyLimit:
     api = Api(state)
     app = FastAPI(title="dynamo-cli frontend", version="0.1.0", docs_url="/docs", redoc_url=None)
     route: Callable[..., Any] = app.router.add_route
@@ -336,4 +360,4 @@ def build_app(state: FrontendState) -> FastAPI:
             OpenAIError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", code=code)
         )
 
-    return app
+    return BodyLimit(app, state.max_body)

@@ -1,0 +1,268 @@
+"""Limits checked before work is spent: the body size while it is read, then cheap checks on the parsed
+JSON before validation or tokenisation, so no request of any size or shape costs the others time.
+
+- `BodyLimit` (ASGI middleware): a body over the limit gets a 413 as soon as the limit is passed
+  (at once when Content-Length says so). The rest of the upload is read and thrown away, up to a second
+  bound, so the client, still sending, can read the answer; past that bound the connection is closed.
+- `RequestLimits.precheck`: container sizes (messages, stop, logit_bias, tools, schemas, token-id
+  prompts) and a lower bound on the prompt's token count from its length: a token never covers more
+  than the vocabulary's longest token, so text longer than context x that many characters cannot fit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from dynamo_cli.config.models import FrontendConfig
+from dynamo_cli.roles.frontend.schemas import OpenAIError
+
+MIB = 1 << 20
+DRAIN_FACTOR = 8  # after a 413, read and discard up to this many times the limit more...
+DRAIN_S = 10.0  # ...for at most this long, then close
+
+
+class BodyTooLarge(OpenAIError):
+    def __init__(self, limit: int):
+        super().__init__(
+            413,
+            f"the request body is larger than {limit / MIB:g} MiB (frontend.max_body_mb)",
+            code="request_too_large",
+        )
+        self.type = "invalid_request_error"
+
+
+class BodyLimit:
+    """Refuse bodies over ``limit`` bytes with a 413 the client can read."""
+
+    def __init__(self, app: ASGIApp, limit: int):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        try:
+            declared = int(headers.get(b"content-length", b"0"))
+        except ValueError:
+            declared = 0
+        if declared > self.limit:
+            # Expect: 100-continue means nothing was sent yet: answer without asking for the body.
+            await self._refuse(receive, send, drain=headers.get(b"expect", b"").lower() != b"100-continue")
+            return
+        received = 0
+        exceeded = False
+
+        async def limited_receive() -> Message:
+            nonlocal received, exceeded
+            if exceeded:
+                raise BodyTooLarge(self.limit)
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    exceeded = True
+                    raise BodyTooLarge(self.limit)
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            if not exceeded:  # once over the limit, this middleware answers, not the app
+                await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except BodyTooLarge:
+            pass
+        if exceeded:
+            await self._refuse(receive, send, drain=True)
+
+    async def _refuse(self, receive: Receive, send: Send, *, drain: bool) -> None:
+        body = orjson.dumps(BodyTooLarge(self.limit).body())
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body, "more_body": True})
+        if drain:
+            await _discard(receive, DRAIN_FACTOR * self.limit, DRAIN_S)
+        # Closing with unread bytes would reset the connection and lose the answer; after the drain
+        # nothing is left unread unless the client sent more than the second bound.
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _discard(receive: Receive, max_bytes: int, max_s: float) -> None:
+    deadline = time.monotonic() + max_s
+    left = max_bytes
+    while left > 0:
+        try:
+            message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            return
+        if message["type"] != "http.request":
+            return
+        left -= len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
+
+
+def _too_many(param: str, n: int, limit: int, key: str, what: str = "entries") -> OpenAIError:
+    return OpenAIError(
+        400,
+        f"{param} has {n} {what}; at most {limit} are allowed (frontend.{key})",
+        param=param,
+        code="limit_exceeded",
+    )
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """The frontend's caps, with the served model's context and longest token (in characters)."""
+
+    max_json_values: int
+    max_messages: int
+    max_stop: int
+    max_stop_chars: int
+    max_logit_bias: int
+    max_tools: int
+    max_schema_bytes: int
+    context: int
+    longest_token: int  # characters: a token never stands for more text than this
+    vocab_size: int
+
+    @classmethod
+    def build(cls, cfg: FrontendConfig, context: int, longest_token: int, vocab_size: int) -> RequestLimits:
+        return cls(
+            cfg.max_json_values,
+            cfg.max_messages,
+            cfg.max_stop,
+            cfg.max_stop_chars,
+            cfg.max_logit_bias,
+            cfg.max_tools,
+            cfg.max_schema_kb * 1024,
+            context,
+            max(1, longest_token),
+            vocab_size,
+        )
+
+    def min_tokens(self, chars: int) -> int:
+        """The fewest tokens ``chars`` characters of text can become."""
+        return -(-chars // self.longest_token)
+
+    def check_text(self, chars: int, param: str) -> None:
+        if (n := self.min_tokens(chars)) >= self.context:
+            raise OpenAIError(
+                400,
+                f"the prompt has at least {n} tokens ({chars} characters); the model's context is "
+                f"{self.context}",
+                param=param,
+                code="context_length_exceeded",
+            )
+
+    def precheck(self, data: dict[str, Any], chat: bool) -> None:
+        """Refuse what is too big on the parsed JSON, before validation walks it."""
+        stop = data.get("stop")
+        if isinstance(stop, list) and len(stop) > self.max_stop:
+            raise _too_many("stop", len(stop), self.max_stop, "max_stop", "strings")
+        for s in [stop] if isinstance(stop, str) else stop if isinstance(stop, list) else []:
+            if isinstance(s, str) and len(s) > self.max_stop_chars:
+                raise OpenAIError(
+                    400,
+                    f"a stop string has {len(s)} characters; at most {self.max_stop_chars} are allowed "
+                    "(frontend.max_stop_chars)",
+                    param="stop",
+                    code="limit_exceeded",
+                )
+        stop_ids = data.get("stop_token_ids")
+        if isinstance(stop_ids, list) and len(stop_ids) > self.max_stop:
+            raise _too_many("stop_token_ids", len(stop_ids), self.max_stop, "max_stop", "ids")
+        bias = data.get("logit_bias")
+        if isinstance(bias, dict) and len(bias) > self.max_logit_bias:
+            raise _too_many("logit_bias", len(bias), self.max_logit_bias, "max_logit_bias")
+        for key in ("tools", "functions"):
+            tools = data.get(key)
+            if isinstance(tools, list):
+                if len(tools) > self.max_tools:
+                    raise _too_many(key, len(tools), self.max_tools, "max_tools", "tools")
+                self._check_schema(key, tools)
+        fmt = data.get("response_format")
+        if isinstance(fmt, dict):
+            self._check_schema("response_format", fmt)
+        if chat:
+            self._precheck_messages(data.get("messages"))
+        else:
+            self._precheck_prompt(data.get("prompt"))
+
+    def check_values(self, data: Any) -> None:
+        """Count the body's JSON values, stopping as soon as there are too many."""
+        left = self.max_json_values
+        stack = [data]
+        while stack:
+            value = stack.pop()
+            left -= 1
+            if isinstance(value, dict):
+                left -= len(value)  # the keys
+                stack.extend(value.values())
+            elif isinstance(value, list):
+                stack.extend(value)
+            if left < 0 or len(stack) > left:
+                raise OpenAIError(
+                    400,
+                    f"the request body has more than {self.max_json_values} JSON values "
+                    "(frontend.max_json_values)",
+                    code="limit_exceeded",
+                )
+
+    def _check_schema(self, param: str, value: Any) -> None:
+        size = len(orjson.dumps(value))
+        if size > self.max_schema_bytes:
+            raise OpenAIError(
+                400,
+                f"{param} is {size} bytes of JSON; at most {self.max_schema_bytes} are allowed "
+                "(frontend.max_schema_kb)",
+                param=param,
+                code="limit_exceeded",
+            )
+
+    def _precheck_messages(self, messages: Any) -> None:
+        if not isinstance(messages, list):
+            return  # validation names the problem
+        if len(messages) > self.max_messages:
+            raise _too_many("messages", len(messages), self.max_messages, "max_messages", "messages")
+        chars = 0
+        for m in messages:
+            content = m.get("content") if isinstance(m, dict) else None
+            if isinstance(content, str):
+                chars += len(content)
+            elif isinstance(content, list):
+                for part in content:
+                    text = part.get("text") if isinstance(part, dict) else None
+                    if isinstance(text, str):
+                        chars += len(text)
+        self.check_text(chars, "messages")
+
+    def _precheck_prompt(self, prompt: Any) -> None:
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+            prompt = prompt[0]  # one prompt in a batch of one
+        if isinstance(prompt, str):
+            self.check_text(len(prompt), "prompt")
+        elif isinstance(prompt, list) and len(prompt) >= self.context:
+            raise OpenAIError(
+                400,
+                f"the prompt has {len(prompt)} tokens; the model's context is {self.context}",
+                param="prompt",
+                code="context_length_exceeded",
+            )
