@@ -22,7 +22,7 @@ from starlette.types import Receive, Scope, Send
 from dynamo_cli.errors import UsageError
 from dynamo_cli.models.tokenizer import ModelTokenizer
 from dynamo_cli.roles.frontend.client import WorkerClient, WorkerFailure
-from dynamo_cli.roles.frontend.limits import MIB, BodyLimit
+from dynamo_cli.roles.frontend.limits import BodyLimit
 from dynamo_cli.roles.frontend.metrics import FrontendMetrics
 from dynamo_cli.roles.frontend.parsing import BodyParser
 from dynamo_cli.roles.frontend.pipeline import Generation, build_generation, new_request_id, run_generation
@@ -58,7 +58,7 @@ class FrontendState:
     parser: BodyParser  # JSON and the caps on it, large bodies in other processes
     # Templating and tokenisation run here, off the event loop (the encoders release the GIL).
     preprocess: ThreadPoolExecutor
-    max_body: int = 16 * MIB
+    max_body: int  # bytes (frontend.max_body_mb)
     routing: RoutingService | None = None  # the embedded router, if any
 
 
