@@ -95,13 +95,14 @@ class LeaseKeeper(threading.Thread):
 
     def run(self) -> None:
         body = json.dumps({"ID": self.lease_id}).encode()
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via HTTP_PROXY
         failures = 0
         while not self.stopped.wait(self.interval):
             try:
                 req = urllib.request.Request(
                     self.url, data=body, headers={"content-type": "application/json"}
                 )
-                with urllib.request.urlopen(req, timeout=self.interval) as reply:
+                with opener.open(req, timeout=self.interval) as reply:
                     result = json.loads(reply.read()).get("result", {})
             except Exception as e:
                 failures += 1
