@@ -89,13 +89,13 @@ class ModelTokenizer:
             if added.special
             for tid in [tok]
         }
-        self._byte_table = self._build_byte_table()
-        self.longest_token = self._longest_token()
+        spec = json.loads(self.tokenizer.to_str())  # tokenizer.json as the library sees it
+        self._byte_table = self._build_byte_table(spec)
+        self.longest_token = self._longest_token(spec)
         self._fast = None
         if fast_encode:
             from dynamo_cli.models.fastbpe import FastBpe
 
-            spec = json.loads(self.tokenizer.to_str())
             self._fast = FastBpe.build(
                 spec, lambda text: self.tokenizer.encode(text, add_special_tokens=False).ids
             )
@@ -152,9 +152,8 @@ class ModelTokenizer:
         return self.encode(self.render_chat(messages, **kwargs), add_special_tokens=False)
 
     # ---- ids -> text ------------------------------------------------------------------------------
-    def _build_byte_table(self) -> list[bytes] | None:
+    def _build_byte_table(self, spec: dict[str, Any]) -> list[bytes] | None:
         """For byte-level BPE: the bytes of every token id (special tokens map to b'')."""
-        spec = json.loads(self.tokenizer.to_str())
         decoder = spec.get("decoder") or {}
         if decoder.get("type") != "ByteLevel":
             return None
@@ -174,10 +173,9 @@ class ModelTokenizer:
                 table[tid] = token.encode()
         return table
 
-    def _longest_token(self) -> int:
+    def _longest_token(self, spec: dict[str, Any]) -> int:
         """The most characters of input one token can stand for; 0 when a normalizer could shorten the
         text (then no bound from the text's length holds)."""
-        spec = json.loads(self.tokenizer.to_str())
         if not _normalizer_keeps_length(spec.get("normalizer")):
             return 0
         if self._byte_table is not None:

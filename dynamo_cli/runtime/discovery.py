@@ -251,6 +251,7 @@ class EtcdDiscovery(Discovery):
 
         async def pump() -> None:
             nonlocal revision, known
+            watch = None
             while True:
                 try:
                     watch = await self._client.watch_prefix(prefix, start_revision=revision + 1)
@@ -271,6 +272,9 @@ class EtcdDiscovery(Discovery):
                     raise
                 except Exception as e:
                     logger.warning("discovery watch on %s broke (%s); watching again", component, e)
+                    if watch is not None and watch in self._watches:
+                        self._watches.remove(watch)  # a broken stream: nothing to cancel at close
+                    watch = None
                 while True:  # until etcd answers again
                     await asyncio.sleep(0.5)
                     try:

@@ -16,7 +16,7 @@ from dynamo_cli.roles.frontend.schemas import OpenAIError
 
 pytestmark = pytest.mark.integration
 
-LIMITS = RequestLimits.build(FrontendConfig(), context=8192, longest_token=81, vocab_size=49152)
+LIMITS = RequestLimits.build(FrontendConfig(), context=8192, longest_token=81)
 
 
 def _chat(content: str) -> bytes:

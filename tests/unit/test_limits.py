@@ -16,7 +16,7 @@ from dynamo_cli.roles.frontend.limits import BodyLimit, RequestLimits
 from dynamo_cli.roles.frontend.parsing import parse_body
 from dynamo_cli.roles.frontend.schemas import OpenAIError
 
-LIMITS = RequestLimits.build(FrontendConfig(), context=8192, longest_token=81, vocab_size=49152)
+LIMITS = RequestLimits.build(FrontendConfig(), context=8192, longest_token=81)
 USER = [{"role": "user", "content": "hi"}]
 
 

@@ -34,7 +34,6 @@ class BodyTooLarge(OpenAIError):
             f"the request body is larger than {limit / MIB:g} MiB (frontend.max_body_mb)",
             code="request_too_large",
         )
-        self.type = "invalid_request_error"
 
 
 class BodyLimit:
@@ -141,10 +140,10 @@ class RequestLimits:
     max_schema_bytes: int
     context: int
     longest_token: int  # characters: a token never stands for more text than this
-    vocab_size: int
 
     @classmethod
-    def build(cls, cfg: FrontendConfig, context: int, longest_token: int, vocab_size: int) -> RequestLimits:
+    def build(cls, cfg: FrontendConfig, context: int, longest_token: int) -> RequestLimits:
+        """``longest_token`` 0: unknown (the tokenizer may shorten text), so no bound from length."""
         return cls(
             cfg.max_json_values,
             cfg.max_messages,
@@ -154,8 +153,7 @@ class RequestLimits:
             cfg.max_tools,
             cfg.max_schema_kb * 1024,
             context,
-            max(1, longest_token),
-            vocab_size,
+            longest_token or 1 << 40,
         )
 
     def min_tokens(self, chars: int) -> int:
@@ -175,9 +173,10 @@ class RequestLimits:
     def precheck(self, data: dict[str, Any], chat: bool) -> None:
         """Refuse what is too big on the parsed JSON, before validation walks it."""
         stop = data.get("stop")
-        if isinstance(stop, list) and len(stop) > self.max_stop:
-            raise _too_many("stop", len(stop), self.max_stop, "max_stop", "strings")
-        for s in [stop] if isinstance(stop, str) else stop if isinstance(stop, list) else []:
+        stops = [stop] if isinstance(stop, str) else stop if isinstance(stop, list) else []
+        if len(stops) > self.max_stop:
+            raise _too_many("stop", len(stops), self.max_stop, "max_stop", "strings")
+        for s in stops:
             if isinstance(s, str) and len(s) > self.max_stop_chars:
                 raise OpenAIError(
                     400,

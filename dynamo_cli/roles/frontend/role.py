@@ -100,9 +100,7 @@ class FrontendRole(Role):
         await self.plane.subscribe(protocol.planner_subject(self.cfg.namespace), on_decision)
         client = WorkerClient(self.plane, self.cfg, workers, service=self.service, routers=routers)
         client.on_retry = metrics.retries.inc
-        limits = RequestLimits.build(
-            fcfg, tokenizer.context_length, tokenizer.longest_token or 1 << 40, tokenizer.vocab_size
-        )
+        limits = RequestLimits.build(fcfg, tokenizer.context_length, tokenizer.longest_token)
         self._pool = ThreadPoolExecutor(PREPROCESS_THREADS, thread_name_prefix="preprocess")
         self._parser = BodyParser(limits)
         await self._parser.warm_up()

@@ -25,6 +25,7 @@ class OpenAIError(Exception):
         self.type = type_ or {
             400: "invalid_request_error",
             404: "invalid_request_error",
+            413: "invalid_request_error",
             503: "service_unavailable",
         }.get(status, "server_error")
         self.param = param
