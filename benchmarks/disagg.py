@@ -1,6 +1,18 @@
 """Aggregated vs disaggregated serving on the same number of workers, prefill-heavy multi-round QA.
 
     .venv/bin/python -m benchmarks.disagg [--workers 2] [--qps 32 [40 ...]] [--duration 60] [--json]
+    .venv/bin/python -m benchmarks.disagg --engine vllm     # the real engine (see below)
+
+With ``--engine vllm`` (SmolLM2-135M-Instruct on CPU unless ``--model``), first one long request at a
+time (``--single`` requests of ``--single-words`` words, 30 tokens each) on ``agg --workers 1`` (one
+engine on every core) and on ``disagg`` (one prefill and one decode engine, a share of the cores each):
+each request's time, and disagg's overhead, the time a request spends beyond its prefill engine's
+prefill (``dynamo_disagg_prefill_engine_seconds``) and its decode engine's decode (first token to
+last, plus one step for the first token): transfer, queueing, handshake and scheduling. Then the
+multi-round load below, scaled to this machine's engines (``--users 4 --qps 0.6 --doc-words 900
+--answer-tokens 16 --system-words 100 --duration 90 --warmup 15`` unless given: each round's new
+document, ~1.2k tokens, is over the default ``max_local_prefill_length``). Both deployments run on
+the same cores, under the defaults: ``agg --workers W`` against ``disagg`` with the same W engines.
 
 Mocker workers at speedup 1 (real simulated prefill and decode time). agg runs ``--workers`` workers,
 once per ``--agg-batched-tokens`` budget (chunked prefill: 2048, vLLM's API-server default below
@@ -124,27 +136,86 @@ def _decisions(url: str) -> dict[str, float]:
     }
 
 
+def _flags(mode: str, budget: int, args: argparse.Namespace, agg_workers: int = 0) -> list[str]:
+    if args.engine == "vllm":
+        flags = ["--engine", "vllm", "--router-mode", "kv"]
+    else:
+        flags = ["--engine", "mocker", "--speedup", "1", "--router-mode", "kv"]
+        flags += ["--set", f"mocker.max_num_batched_tokens={budget}"]
+    if args.model:
+        flags += ["--model", args.model]
+    flags += ["--set", "router.replicas=0", "--set", "log_level=warning"]
+    if mode == "agg":
+        flags += ["--workers", str(agg_workers or args.workers)]
+    else:
+        flags += [
+            "--prefill-workers",
+            str(args.prefill),
+            "--decode-workers",
+            str(args.workers - args.prefill),
+        ]
+        if args.engine == "mocker":
+            flags += ["--set", f"disagg.max_prefill_queue_size={args.max_prefill_queue}"]
+    for item in args.sets:
+        flags += ["--set", item]
+    return flags
+
+
+def _histogram_mean(url: str, name: str) -> tuple[float, int]:
+    lines = httpx.get(url + "/metrics", timeout=10).text.splitlines()
+    total = sum(float(ln.rsplit(" ", 1)[1]) for ln in lines if ln.startswith(name + "_sum"))
+    count = int(sum(float(ln.rsplit(" ", 1)[1]) for ln in lines if ln.startswith(name + "_count")))
+    return (total / count if count else 0.0), count
+
+
+def single(mode: str, args: argparse.Namespace) -> dict[str, float]:
+    """One long request at a time: per-request time, and (disagg) the overhead beyond prefill + decode."""
+    with tempfile.TemporaryDirectory() as tmp:
+        dep = start(Path(tmp), mode, *_flags(mode, 0, args, agg_workers=1), timeout=600)
+        try:
+
+            async def go() -> list[Row]:
+                conn = Connection(Endpoint.parse(dep.base_url))
+                rows = []
+                try:
+                    for i in range(args.single):
+                        rng = random.Random(1000 + i)
+                        ask = f"Document:\n{text(rng, args.single_words)}\nQuestion: " + text(rng, 15)
+                        t0 = time.perf_counter()
+                        row, _ = await _ask(conn, dep.model, [{"role": "user", "content": ask}], 30)
+                        row.gen_s = time.perf_counter() - t0  # here: the whole request
+                        rows.append(row)
+                finally:
+                    conn.close()
+                return rows
+
+            rows = asyncio.run(go())
+            prefill_s, n_remote = _histogram_mean(dep.url, "dynamo_disagg_prefill_engine_seconds")
+            decisions = _decisions(dep.url) if mode == "disagg" else {}
+        finally:
+            dep.stop()
+    itl = pct([g for r in rows for g in r.itls], 0.5)
+    out = {
+        "requests": float(len(rows)),
+        "prompt_tokens": float(rows[0].prompt_tokens),
+        "request_s_mean": sum(r.gen_s for r in rows) / len(rows),
+        "ttft_s_mean": sum(r.ttft for r in rows) / len(rows),
+        "itl_p50_ms": itl * 1000,
+    }
+    if mode == "disagg":
+        out["remote"] = float(n_remote)
+        out["prefill_engine_s_mean"] = prefill_s
+        # TTFT = prefill engine's prefill + overhead + the decode engine's first step (~ one ITL).
+        out["overhead_s_mean"] = out["ttft_s_mean"] - prefill_s - itl
+        out["fallbacks"] = sum(v for k, v in decisions.items() if 'outcome="fallback"' in k)
+    return out
+
+
 def measure(mode: str, qps: float, budget: int, args: argparse.Namespace) -> Run:
     run = Run(mode)
     with tempfile.TemporaryDirectory() as tmp:
-        flags = ["--engine", "mocker", "--speedup", "1", "--router-mode", "kv"]
-        if args.model:
-            flags += ["--model", args.model]
-        flags += ["--set", "router.replicas=0", "--set", "log_level=warning"]
-        flags += ["--set", f"mocker.max_num_batched_tokens={budget}"]
-        if mode == "agg":
-            flags += ["--workers", str(args.workers)]
-        else:
-            flags += [
-                "--prefill-workers",
-                str(args.prefill),
-                "--decode-workers",
-                str(args.workers - args.prefill),
-            ]
-            flags += ["--set", f"disagg.max_prefill_queue_size={args.max_prefill_queue}"]
-        for item in args.sets:
-            flags += ["--set", item]
-        dep = start(Path(tmp), mode, *flags)
+        flags = _flags(mode, budget, args)
+        dep = start(Path(tmp), mode, *flags, timeout=600)
         try:
 
             async def go() -> None:
@@ -170,6 +241,9 @@ def measure(mode: str, qps: float, budget: int, args: argparse.Namespace) -> Run
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--engine", choices=["mocker", "vllm"], default="mocker", help="the engine of both")
+    ap.add_argument("--single", type=int, default=5, help="vllm: long requests sent one at a time first")
+    ap.add_argument("--single-words", type=int, default=1400, help="vllm: words of each (~1.9k tokens)")
     ap.add_argument("--workers", type=int, default=2, help="workers in each deployment")
     ap.add_argument("--prefill", type=int, default=1, help="disagg: how many of them prefill")
     ap.add_argument("--users", type=int, default=64, help="concurrent user sessions")
@@ -210,8 +284,16 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
     args = ap.parse_args()
     report: list[dict] = []
+    if args.engine == "vllm":
+        _vllm_defaults(args)
+        singles = {mode: single(mode, args) for mode in ("agg", "disagg")}
+        report.append({"single": singles})
+        if not args.json:
+            _print_single(singles)
     for qps in args.qps:
         plan = [(f"agg@{b}", "agg", b) for b in args.agg_batched_tokens]
+        if args.engine == "vllm":
+            plan = [("agg", "agg", 0)]
         if not args.no_disagg:
             plan.append(("disagg", "disagg", args.disagg_batched_tokens))
         runs = {name: measure(mode, qps, budget, args) for name, mode, budget in plan}
@@ -222,6 +304,25 @@ def main() -> None:
             _print(qps, sums, disagg)
     if args.json:
         print(json.dumps(report, indent=1))
+
+
+def _vllm_defaults(args: argparse.Namespace) -> None:
+    """The multi-round load scaled to engines that prefill ~1k tokens a second on one core each."""
+    given = {a.split("=")[0] for a in __import__("sys").argv[1:] if a.startswith("--")}
+    scaled = {"users": 4, "qps": [0.6], "doc_words": 900, "answer_tokens": 16, "system_words": 100,
+              "duration": 90.0, "warmup": 15.0}  # fmt: skip
+    for key, value in scaled.items():
+        if "--" + key.replace("_", "-") not in given:
+            setattr(args, key, value)
+
+
+def _print_single(singles: dict[str, dict[str, float]]) -> None:
+    print("\none long request at a time")
+    for mode, row in singles.items():
+        print(f"{mode:>8}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()))
+    ratio = singles["disagg"]["request_s_mean"] / singles["agg"]["request_s_mean"]
+    print(f"disagg/agg request time {ratio:.2f}x (target <= 2), "
+          f"disagg overhead {singles['disagg']['overhead_s_mean']:.3f} s (target < 0.5)")  # fmt: skip
 
 
 def _print(qps: float, sums: dict[str, dict[str, float]], disagg: Run | None) -> None:

@@ -180,6 +180,13 @@ class DisaggConfig(_Model):
     prefill_timeout_s: float = Field(
         30.0, gt=0, description="A remote prefill not done by then is dropped and prefilled locally."
     )
+    kv_lease_s: int = Field(
+        15,
+        ge=1,
+        description="vLLM: how long a prefill engine keeps a prompt's KV for its decode engine (extended "
+        "while the decode engine queues the request). A decode engine pulls only well inside the lease "
+        "(the check runs where the pull starts) and otherwise prefills the prompt itself.",
+    )
     redelivery_s: float = Field(
         5.0,
         gt=0,

@@ -33,9 +33,17 @@ from dynamo_cli.engines.base import (
     KvEventSink,
     LoadMetrics,
 )
-from dynamo_cli.engines.vllm_nixl import PullPlanner, kv_transfer_config, prefill_result
+from dynamo_cli.engines.vllm_nixl import (
+    LEASE_KEY,
+    PullPlanner,
+    kv_transfer_config,
+    lease_left,
+    lease_margin,
+    prefill_result,
+)
 from dynamo_cli.errors import StartupError
 from dynamo_cli.kv.hashing import chain_hashes, local_block_hashes
+from dynamo_cli.runtime.fallbacks import FALLBACKS, KV_LEASE, PREFILL_TIMEOUT, TRANSFER
 
 logger = logging.getLogger(__name__)
 
@@ -326,16 +334,35 @@ class VllmEngine(Engine):
                 first = await asyncio.wait_for(anext(stream), timeout)
             except asyncio.TimeoutError:  # cancelling the stream aborted its vLLM request
                 why = f"no KV from the prefill engine within {timeout:g} s"
-                logger.warning("request %s: prefilling locally (%s)", request.request_id, why)
+                FALLBACKS.note(PREFILL_TIMEOUT, f"request {request.request_id}: {why}")
                 info.clear()
-                info.update(kv_transfer="local", reason=why)
+                info.update(kv_transfer="local", cause=PREFILL_TIMEOUT, reason=why)
                 stream = self._stream(request, None)
             except StopAsyncIteration:
                 return
             else:
+                self._check_pulled(request, kv, first, info)
                 yield first
         async for out in stream:
             yield out
+
+    def _check_pulled(
+        self, request: EngineRequest, kv: dict[str, Any] | None, first: Any, info: dict[str, Any]
+    ) -> None:
+        """Did the decode engine take the prompt's KV over? A pull computes (and caches) at most the
+        prompt's last block; more means vLLM computed the prompt itself: its scheduler refused the pull
+        (the lease check where the pull starts, which logs why) or the load failed (vLLM recomputes)."""
+        created = getattr(first, "num_cache_creation_tokens", 0) or 0
+        if created <= self.block_size:
+            return
+        left = lease_left(kv or {})
+        if left is not None and left < lease_margin(float((kv or {}).get(LEASE_KEY) or 0)):
+            cause, why = KV_LEASE, "the KV lease was over or nearly where the pull would start"
+        else:
+            cause, why = TRANSFER, "vLLM could not load the prefill's KV and computed the prompt itself"
+            FALLBACKS.note(cause, f"request {request.request_id}: {why}")
+        info.clear()
+        info.update(kv_transfer="local", cause=cause, reason=why)
 
     async def generate(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
         rid = request.request_id
@@ -357,7 +384,9 @@ class VllmEngine(Engine):
                     if reason == "error":
                         result.error = "vLLM failed the request"
                     if finished and kv is not None and kv.get("do_remote_decode") and out.kv_transfer_params:
-                        result.kv_transfer_params = prefill_result(request, out.kv_transfer_params)
+                        result.kv_transfer_params = prefill_result(
+                            request, out.kv_transfer_params, self.cfg.disagg.kv_lease_s
+                        )
                     yield result
         except Exception as e:
             if type(e).__name__ == "EngineDeadError":

@@ -20,20 +20,21 @@ from urllib.parse import urlsplit
 from dynamo_cli.config.models import DynamoConfig
 from dynamo_cli.engines.base import EngineRequest
 from dynamo_cli.errors import StartupError
-from dynamo_cli.runtime.servers import free_port
+from dynamo_cli.runtime.fallbacks import FALLBACKS, KV_LEASE, SIDE_CHANNEL, TRANSFER
+from dynamo_cli.runtime.servers import listen_port
 
 logger = logging.getLogger(__name__)
 
-# How long a prefill engine keeps KV blocks no decode engine has pulled (vLLM's kv_lease_duration; a
-# decode engine holding the request extends it with heartbeats while the request waits there).
-KV_LEASE_S = 15
-# A decode engine uses params only up to this long before that lease ends: past it the prefill side may
-# have reused the blocks, and vLLM would read them anyway (it cannot tell), so we prefill locally.
-LEASE_MARGIN_S = 5.0
-# Ours, in a prefill's params (vLLM ignores them; a decode engine strips them): the unix time the lease
-# ends, and a fingerprint of the prompt (vLLM would take KV computed for other tokens without a word).
+# Ours, in a prefill's params (vLLM ignores them): the unix time the prefill engine's KV lease ends and
+# the lease (disagg.kv_lease_s), and a fingerprint of the prompt (vLLM would take KV computed for other
+# tokens without a word; a decode engine strips it).
 EXPIRES_KEY = "dynamo_expires_at"
+LEASE_KEY = "dynamo_lease_s"
 PROMPT_KEY = "dynamo_prompt"
+# Set only by tests: the decode engine's scheduler sleeps this long where a pull starts, as a stalled
+# decode engine would (the lease check must then refuse the pull).
+STALL_ENV = "DYNAMO_TEST_STALL_PULL_S"
+_SLEEPING_KEY = "dynamo_sleeping_progress_thread"  # in vLLM's kv_connector_extra_config: on CPU
 _REMOTE_KEYS = ("remote_engine_id", "remote_request_id", "remote_host", "remote_port", "remote_block_ids")
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 _PROBE_TIMEOUT_S = 1.0
@@ -69,31 +70,81 @@ def side_channel_host(cfg: DynamoConfig) -> str:
 if not TYPE_CHECKING:  # hidden from mypy, which would otherwise accept any name on this module
 
     def __getattr__(name: str) -> Any:
-        """On CPU, vLLM's KV connector factory finds its NixlConnector here (kv_connector_module_path), in
-        the engine's own processes: the same class, whose NIXL agent gets a progress thread that sleeps
-        between UCX events. NIXL's default thread polls with no pause and burns a core per engine, idle
-        or not (two engines on 2 cores: everything crawls); without any thread an idle prefill engine
-        never answers the decode engine's UCX reads, and the pull hangs."""
+        """vLLM's KV connector factory finds its NixlConnector here (kv_connector_module_path), in
+        the engine's own processes: vLLM's class with two changes measured on 2 cores, and the lease
+        check where a pull starts (get_num_new_matched_tokens).
+
+        - On CPU its NIXL agent gets a progress thread that sleeps between UCX events. NIXL's default
+          thread polls with no pause and burns a core per engine, idle or not; without any thread an
+          idle prefill engine never answers the decode engine's UCX reads, and the pull hangs.
+        - The engine's main thread keeps its cores. vLLM's NIXL worker moves the thread that builds it
+          (the model runner's, also OpenMP's main thread) onto the last core of each NUMA node, "for KV
+          transfers": two engines on one machine then compute on the same core, and a prefill engine
+          stepping while it holds KV for a decode engine starved that decode engine's thread for the
+          whole KV lease (18 s to a first token instead of 2.5).
+        """
         if name != "NixlConnector":
             raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-        import sys
+        return _connector_class()
 
-        from vllm.distributed.kv_transfer.kv_connector.v1.nixl import base_worker
-        from vllm.distributed.kv_transfer.kv_connector.v1.nixl.connector import NixlConnector
 
-        from dynamo_cli.kv.nixl_backend import progress_thread_delay
+def _connector_class() -> Any:
+    import sys
 
-        agent_cls = base_worker.NixlWrapper
-        if agent_cls is not None and not getattr(agent_cls, "sleeping_progress_thread", False):
-            api = sys.modules[agent_cls.__module__]
+    from vllm.distributed.kv_transfer.kv_connector.v1.nixl import base_worker
+    from vllm.distributed.kv_transfer.kv_connector.v1.nixl.connector import NixlConnector
 
-            def sleeping_agent(*args: Any, **kwargs: Any) -> Any:
-                with progress_thread_delay(api):
-                    return agent_cls(*args, **kwargs)
+    from dynamo_cli.kv.nixl_backend import progress_thread_delay
 
-            sleeping_agent.sleeping_progress_thread = True
-            base_worker.NixlWrapper = sleeping_agent
-        return NixlConnector
+    class DynamoNixlConnector(NixlConnector):  # type: ignore[misc,valid-type]
+        def __init__(self, vllm_config: Any, *args: Any, **kwargs: Any):
+            cores = os.sched_getaffinity(0)
+            agent_cls = base_worker.NixlWrapper
+            sleeping = vllm_config.kv_transfer_config.get_from_extra_config(_SLEEPING_KEY, False)
+            try:
+                if sleeping and agent_cls is not None:
+                    with progress_thread_delay(sys.modules[agent_cls.__module__]):
+                        super().__init__(vllm_config, *args, **kwargs)
+                else:
+                    super().__init__(vllm_config, *args, **kwargs)
+            finally:
+                if os.sched_getaffinity(0) != cores:
+                    os.sched_setaffinity(0, cores)
+
+        def get_num_new_matched_tokens(self, request: Any, num_computed_tokens: int) -> Any:
+            """The decode engine's scheduler, right before it starts a pull: refuse KV whose lease is
+            over or too nearly (the prefill engine may reuse its blocks), and prefill locally."""
+            params = request.kv_transfer_params
+            if params and params.get("do_remote_prefill"):
+                stall = os.environ.get(STALL_ENV)
+                if stall:
+                    time.sleep(float(stall))
+                late = lease_left(params)
+                if late is not None and late < lease_margin(float(params.get(LEASE_KEY) or 0)):
+                    FALLBACKS.note(
+                        KV_LEASE,
+                        f"request {request.request_id}: {late:.1f} s left of the prefill engine's KV "
+                        "lease where the pull would start",
+                    )
+                    for key in (*_REMOTE_KEYS, EXPIRES_KEY):
+                        params.pop(key, None)
+                    params["do_remote_prefill"] = False
+                    return 0, False
+            return super().get_num_new_matched_tokens(request, num_computed_tokens)
+
+    return DynamoNixlConnector
+
+
+def lease_margin(lease_s: float) -> float:
+    """How much of a KV lease must be left when a pull starts: the pull and the prefill engine's clock
+    against ours fit in it with room to spare (a third of the lease, at most 5 s)."""
+    return min(5.0, lease_s / 3) if lease_s > 0 else 5.0
+
+
+def lease_left(params: dict[str, Any]) -> float | None:
+    """Seconds left of the lease the params' KV is held under (None: params without our stamp)."""
+    expires = params.get(EXPIRES_KEY)
+    return float(expires) - time.time() if isinstance(expires, (int, float)) else None
 
 
 def _plain(value: Any) -> Any:
@@ -129,7 +180,7 @@ def kv_transfer_config(cfg: DynamoConfig, on_gpu: bool) -> tuple[Any, tuple[str,
     from vllm.config import KVTransferConfig
 
     host = side_channel_host(cfg)
-    port = free_port(host)
+    port = listen_port(host)
     os.environ["VLLM_NIXL_SIDE_CHANNEL_HOST"] = _hosts_we_set["host"] = host
     os.environ["VLLM_NIXL_SIDE_CHANNEL_PORT"] = str(port)
     if not on_gpu and len(os.sched_getaffinity(0)) <= _NIXL_RESERVED_CPUS:
@@ -137,25 +188,28 @@ def kv_transfer_config(cfg: DynamoConfig, on_gpu: bool) -> tuple[Any, tuple[str,
         # more than that it keeps none, and its spinning scheduler then starves the OpenMP barrier:
         # ~190 ms per decode step instead of ~3 on 2 cores. One reserved core restores the speed.
         os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "1")
-    extra: dict[str, Any] = {}
-    if not on_gpu:  # host memory, and vLLM's connector class from here (see __getattr__)
-        extra = {"kv_buffer_device": "cpu", "kv_connector_module_path": __name__}
+    # vLLM's connector class from here on any device (the lease check where a pull starts, see
+    # __getattr__); host memory on CPU.
+    extra: dict[str, Any] = {"kv_connector_module_path": __name__}
+    if not on_gpu:
+        extra["kv_buffer_device"] = "cpu"
     config = KVTransferConfig(
         kv_connector="NixlConnector",
         kv_role="kv_both",
         # A load that fails (peer gone, handshake refused, transfer error) recomputes locally
         # instead of failing the request (vLLM's default is "fail").
         kv_load_failure_policy="recompute",
-        kv_connector_extra_config={"kv_lease_duration": KV_LEASE_S},
+        kv_connector_extra_config={"kv_lease_duration": cfg.disagg.kv_lease_s, _SLEEPING_KEY: not on_gpu},
         **extra,
     )
     return config, (host, port)
 
 
-def prefill_result(request: EngineRequest, params: dict[str, Any]) -> dict[str, Any]:
+def prefill_result(request: EngineRequest, params: dict[str, Any], lease_s: int) -> dict[str, Any]:
     out: dict[str, Any] = _plain(params)
     if out.get("remote_block_ids"):
-        out[EXPIRES_KEY] = time.time() + KV_LEASE_S
+        out[EXPIRES_KEY] = time.time() + lease_s
+        out[LEASE_KEY] = lease_s
         out[PROMPT_KEY] = prompt_fingerprint(request.prompt_token_ids)
     return out
 
@@ -168,36 +222,37 @@ class PullPlanner:
         self._consumed: dict[tuple[str, str], None] = {}
         self._side_channel_ok: dict[tuple[str, int], float] = {}
 
-    def transfer_plan(self, request: EngineRequest) -> tuple[dict[str, Any] | None, str | None]:
-        """(kv_transfer_params for vLLM, None), or (None, why this request prefills locally).
+    def transfer_plan(self, request: EngineRequest) -> tuple[dict[str, Any] | None, tuple[str, str] | None]:
+        """(kv_transfer_params for vLLM, None), or (None, (cause, why this request prefills locally)).
 
         A prefill request's params go through as they are. A decode request's (a prefill's output, as
         is) get what vLLM's NixlConnector wants: do_remote_prefill on, block ids as a tuple per KV cache
-        group, our own keys gone. Params vLLM would wait on forever (incomplete), or read the wrong KV
-        with (past their lease, already pulled once, another prompt's) are refused.
+        group, the prompt's fingerprint gone (the lease stamp stays, for the check where the pull
+        starts). Params vLLM would wait on forever (incomplete), or read the wrong KV with (past their
+        lease, already pulled once, another prompt's) are refused.
         """
         params = request.kv_transfer_params
         if not params:
             return None, None
         if not self.cfg.disagg.remote_prefill:
-            return None, "disaggregation is off on this engine (disagg.remote_prefill)"
+            return None, (TRANSFER, "disaggregation is off on this engine (disagg.remote_prefill)")
         if params.get("do_remote_decode"):
             return dict(params), None
         missing = [k for k in _REMOTE_KEYS if params.get(k) in (None, "", [])]
         if missing:
-            return None, f"the prefill's params lack {', '.join(missing)}"
+            return None, (TRANSFER, f"the prefill's params lack {', '.join(missing)}")
         if num_remote_blocks(params) == 0:
-            return None, "the prefill's params point at no KV blocks"
+            return None, (TRANSFER, "the prefill's params point at no KV blocks")
         fingerprint = params.get(PROMPT_KEY)
         if fingerprint is not None and fingerprint != prompt_fingerprint(request.prompt_token_ids):
-            return None, "the prefill computed another prompt"
-        expires = params.get(EXPIRES_KEY)
-        if isinstance(expires, (int, float)) and time.time() > expires - LEASE_MARGIN_S:
-            return None, "the prefill's KV lease is over or nearly (its blocks may be reused)"
+            return None, (TRANSFER, "the prefill computed another prompt")
+        left = lease_left(params)
+        if left is not None and left < lease_margin(float(params.get(LEASE_KEY) or 0)):
+            return None, (KV_LEASE, "the prefill's KV lease is over or nearly (its blocks may be reused)")
         key = (str(params["remote_engine_id"]), str(params["remote_request_id"]))
         if key in self._consumed:
-            return None, "these params were used already (their blocks are freed)"
-        kv = {k: v for k, v in params.items() if k not in (EXPIRES_KEY, PROMPT_KEY)}
+            return None, (TRANSFER, "these params were used already (their blocks are freed)")
+        kv = {k: v for k, v in params.items() if k != PROMPT_KEY}
         blocks = kv["remote_block_ids"]
         kv["remote_block_ids"] = tuple(list(g) for g in ([blocks] if isinstance(blocks[0], int) else blocks))
         kv["do_remote_prefill"], kv["do_remote_decode"] = True, False
@@ -225,7 +280,10 @@ class PullPlanner:
         kv, why = self.transfer_plan(request)
         if kv is not None and not kv.get("do_remote_decode"):
             if not await self.side_channel_answers(kv["remote_host"], int(kv["remote_port"])):
-                kv, why = None, "the prefill engine's side channel does not answer (engine gone?)"
+                kv, why = (
+                    None,
+                    (SIDE_CHANNEL, "the prefill engine's side channel does not answer (engine gone?)"),
+                )
             else:
                 self._consumed[(str(kv["remote_engine_id"]), str(kv["remote_request_id"]))] = None
                 while len(self._consumed) > _MAX_CONSUMED:
@@ -234,5 +292,6 @@ class PullPlanner:
                 return kv, {"kv_transfer": "nixl", "kv_blocks": n, "kv_bytes": n * kv_bytes_per_block}
         if why is None:
             return kv, None
-        logger.warning("request %s: no KV transfer (%s)", request.request_id, why)
-        return None, {"kv_transfer": "local", "reason": why}
+        cause, text = why
+        FALLBACKS.note(cause, f"request {request.request_id}: {text}")
+        return None, {"kv_transfer": "local", "cause": cause, "reason": text}

@@ -24,6 +24,7 @@ from dynamo_cli.engines.base import Engine, EngineRequest, KvEvent
 from dynamo_cli.kv.hashing import sequence_block_hashes
 from dynamo_cli.runtime import prefill_queue as pq
 from dynamo_cli.runtime.discovery import EtcdDiscovery
+from dynamo_cli.runtime.fallbacks import FALLBACKS
 from dynamo_cli.runtime.messaging import NatsRequestPlane
 from dynamo_cli.runtime.workers import InstanceSet
 
@@ -188,7 +189,7 @@ class RemotePrefill:
                 waiter = await self._enqueue(request, decision.prompt_tokens - decision.uncached_tokens)
             params = await self._remote(request, waiter, decision)
         except _Fallback as e:
-            logger.info("request %s: remote prefill failed (%s); prefilling locally", request.request_id, e)
+            FALLBACKS.note(e.reason, f"request {request.request_id}: {e}")
             decision.outcome, decision.reason = FALLBACK, e.reason
             return request, decision
         decision.info["remote_s"] = round(time.perf_counter() - t0, 6)

@@ -172,9 +172,14 @@ def _merge_reports(worker: dict[str, Any], engine: dict[str, Any] | None) -> dic
     if not engine:
         return worker
     if engine.get("kv_transfer") == "local" and worker.get("outcome") == "remote":
-        # vLLM could not take the KV over (the prefill engine is gone, the params expired...) and
-        # prefilled the prompt itself; its reason (free text) is in the decode worker's log.
-        return {**worker, "outcome": "fallback", "reason": "transfer_failed", "kv_bytes": 0}
+        # vLLM did not take the KV over (the prefill engine is gone, the lease was over...) and
+        # prefilled the prompt itself; the cause is counted, and logged by the engine.
+        return {
+            **worker,
+            "outcome": "fallback",
+            "reason": engine.get("cause", "transfer_failed"),
+            "kv_bytes": 0,
+        }
     if engine.get("kv_transfer") == "nixl":
         return {**worker, "kv_bytes": engine.get("kv_bytes", 0), "kv_backend": "nixl"}
     return worker

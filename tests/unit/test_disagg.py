@@ -175,3 +175,34 @@ def test_a_vllm_decode_that_could_not_pull_the_kv_is_a_counted_fallback() -> Non
         **remote, "kv_bytes": 300, "kv_backend": "nixl"}  # fmt: skip
     assert _merge_reports(remote, {"kv_transfer": "local", "reason": "engine gone"})["outcome"] == "fallback"
     assert _merge_reports(remote, None) == remote
+    stale = {"kv_transfer": "local", "cause": "kv_lease", "reason": "the lease was over"}
+    assert _merge_reports(remote, stale) == {
+        **remote,
+        "outcome": "fallback",
+        "reason": "kv_lease",
+        "kv_bytes": 0,
+    }
+
+
+def test_each_fallback_cause_is_logged_once_then_at_most_once_a_minute(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from dynamo_cli.runtime import fallbacks
+
+    now = [1000.0]
+    monkeypatch.setattr(fallbacks.time, "monotonic", lambda: now[0])
+    log = fallbacks.FallbackLog(logging.getLogger("test.fallbacks"))
+    with caplog.at_level(logging.WARNING, "test.fallbacks"):
+        for i in range(5):
+            log.note("kv_lease", f"request r{i}")
+            now[0] += 10
+        log.note("handshake", "request h0")  # another cause: its own first line
+        now[0] += 20
+        log.note("kv_lease", "request r5")  # 60 s after the first line: the count since
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 3, lines
+    assert lines[0].startswith("prefilling locally (kv_lease): request r0")
+    assert lines[1].startswith("prefilling locally (handshake): request h0")
+    assert lines[2] == "prefilled locally 5 more time(s) (kv_lease) in the last 70 s; the latest: request r5"

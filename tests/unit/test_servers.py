@@ -179,3 +179,15 @@ def test_find_nats_server_finds_the_binary_in_the_venv() -> None:
     assert path.is_file() and os.access(path, os.X_OK)
     assert path.name == "nats-server"
     assert in_venv(path), path
+
+
+def test_listen_port_is_free_and_below_the_ephemeral_range() -> None:
+    """Not a port the kernel may hand an outgoing connection before the server binds it."""
+    from dynamo_cli.runtime.servers import _ephemeral_range, listen_port
+
+    low, _ = _ephemeral_range()
+    for _ in range(20):
+        port = listen_port()
+        assert port_is_free("127.0.0.1", port)
+        if low > 20000:
+            assert 10000 <= port < low

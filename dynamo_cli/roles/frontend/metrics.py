@@ -91,6 +91,14 @@ class FrontendMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         ).labels(model)
+        self.prefill_engine_seconds = Histogram(
+            "dynamo_disagg_prefill_engine_seconds",
+            "A remote prefill as its prefill worker timed it (the engine's queue and compute); the "
+            "rest of remote_prefill_seconds went to the work queue and the reply",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        ).labels(model)
         self.prefill_queue_depth = Gauge(
             "dynamo_disagg_prefill_queue_depth",
             "Prefills queued or in progress (the JetStream work queue's messages)",
@@ -130,6 +138,8 @@ class FrontendMetrics:
                 self.kv_transfer_seconds.labels(m, backend).observe(report["kv_s"])
         if report.get("remote_s") is not None:
             self.remote_prefill_seconds.observe(report["remote_s"])
+        if report.get("prefill_s") is not None:
+            self.prefill_engine_seconds.observe(report["prefill_s"])
 
     def count(self, endpoint: str, status: int) -> None:
         self.requests.labels(self._model, endpoint, str(status)).inc()
