@@ -123,3 +123,17 @@ class Engine(abc.ABC):
         """Every cached block's sequence hash and the id of the last KV event emitted, for a router
         that lost track (a gap in event ids). None: this engine cannot tell."""
         return None
+
+    def kv_peer(self) -> dict[str, Any] | None:
+        """Disaggregated serving, on a prefill engine: what a decode engine handshakes with before it
+        sends this engine work (JSON-able, published in discovery). None: nothing to handshake."""
+        return None
+
+    async def handshake(self, peer: dict[str, Any]) -> None:
+        """Disaggregated serving, on a decode engine: be ready to pull KV from a prefill engine
+        (``peer`` is its kv_peer()); raise if that cannot be."""
+        return None
+
+    async def forget(self, peer: dict[str, Any]) -> None:
+        """Disaggregated serving, on a decode engine: a prefill engine handshaken with has left."""
+        return None

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,10 @@ _FINISH: dict[str, FinishReason] = {
     "error": "error",  # vLLM: a retryable internal error (a KV load under the "fail" policy)
     "repetition": "stop",
 }
+
+
+WORKER_EXTENSION = "dynamo_cli.engines.vllm_worker_ext.DynamoWorkerExtension"
+HANDSHAKE_TIMEOUT_S = 15.0  # vLLM gives up on a side channel that does not answer after 5 s
 
 
 def cuda_available() -> bool:
@@ -182,6 +187,7 @@ class VllmEngine(Engine):
             )
         if self.disagg:
             kwargs["kv_transfer_config"], self.side_channel = kv_transfer_config(self.cfg, self.on_gpu)
+            kwargs["worker_extension_cls"] = WORKER_EXTENSION
         kwargs.update(self.cfg.vllm.extra_args)
         engine = self
 
@@ -228,6 +234,40 @@ class VllmEngine(Engine):
             self._tasks.append(
                 asyncio.create_task(self._relay_events(endpoint, on_kv_event), name="vllm-kv-events")
             )
+
+    def kv_peer(self) -> dict[str, Any] | None:
+        if not self.disagg or self.side_channel is None or self._engine is None:
+            return None
+        vc = self._engine.vllm_config
+        host, port = self.side_channel
+        return {
+            "engine_id": vc.kv_transfer_config.engine_id,
+            "host": host,
+            "port": port,
+            "tp_size": vc.parallel_config.tensor_parallel_size,
+        }
+
+    async def handshake(self, peer: dict[str, Any]) -> None:
+        """vLLM's NIXL handshake with a prefill engine, done now rather than by the first request
+        that needs it (which would wait for it, or fail with it)."""
+        if not self.disagg:
+            return
+        args = (str(peer["engine_id"]), str(peer["host"]), int(peer["port"]), int(peer.get("tp_size", 1)))
+        deadline = time.monotonic() + HANDSHAKE_TIMEOUT_S
+        while True:
+            status = (await self._engine.collective_rpc("dynamo_nixl_handshake", args=args))[0]
+            if status == "done":
+                return
+            if status != "pending":
+                raise RuntimeError(f"NIXL handshake with {peer['host']}:{peer['port']}: {status}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"NIXL handshake with {peer['host']}:{peer['port']} took over "
+                                   f"{HANDSHAKE_TIMEOUT_S:g} s")  # fmt: skip
+            await asyncio.sleep(0.05)
+
+    async def forget(self, peer: dict[str, Any]) -> None:
+        if self.disagg and self._engine is not None:
+            await self._engine.collective_rpc("dynamo_nixl_forget", args=(str(peer["engine_id"]),))
 
     def _block_bytes(self) -> int:
         try:

@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import time
+import uuid
 from array import array
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -170,8 +171,8 @@ def num_remote_blocks(params: dict[str, Any]) -> int:
 
 def kv_transfer_config(cfg: DynamoConfig, on_gpu: bool) -> tuple[Any, tuple[str, int]]:
     """vLLM's KV transfer config: NixlConnector, both roles (a decode worker also prefills locally),
-    and the (host, port) of this engine's side channel. The side channel and the CPU reservation are
-    read from the environment by vLLM's engine core when it starts."""
+    a fresh engine id, and the (host, port) of this engine's side channel. The side channel and the
+    CPU reservation are read from the environment by vLLM's engine core when it starts."""
     if importlib.util.find_spec("nixl") is None:
         raise StartupError(
             "disaggregated serving with vLLM needs NIXL, which is not installed",
@@ -195,11 +196,18 @@ def kv_transfer_config(cfg: DynamoConfig, on_gpu: bool) -> tuple[Any, tuple[str,
         extra["kv_buffer_device"] = "cpu"
     config = KVTransferConfig(
         kv_connector="NixlConnector",
+        engine_id=str(uuid.uuid4()),
         kv_role="kv_both",
         # A load that fails (peer gone, handshake refused, transfer error) recomputes locally
         # instead of failing the request (vLLM's default is "fail").
         kv_load_failure_policy="recompute",
-        kv_connector_extra_config={"kv_lease_duration": cfg.disagg.kv_lease_s, _SLEEPING_KEY: not on_gpu},
+        kv_connector_extra_config={
+            "kv_lease_duration": cfg.disagg.kv_lease_s,
+            # No eviction of idle prefill engines (vLLM: after an hour): the next request would pay
+            # for a new handshake. Decode workers drop an engine when discovery says it left.
+            "engine_ttl": 0,
+            _SLEEPING_KEY: not on_gpu,
+        },
         **extra,
     )
     return config, (host, port)

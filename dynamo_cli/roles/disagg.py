@@ -23,8 +23,8 @@ from dynamo_cli.config.models import DynamoConfig
 from dynamo_cli.engines.base import Engine, EngineRequest, KvEvent
 from dynamo_cli.kv.hashing import sequence_block_hashes
 from dynamo_cli.runtime import prefill_queue as pq
-from dynamo_cli.runtime.discovery import EtcdDiscovery
-from dynamo_cli.runtime.fallbacks import FALLBACKS
+from dynamo_cli.runtime.discovery import DiscoveryEvent, EtcdDiscovery
+from dynamo_cli.runtime.fallbacks import FALLBACKS, HANDSHAKE
 from dynamo_cli.runtime.messaging import NatsRequestPlane
 from dynamo_cli.runtime.workers import InstanceSet
 
@@ -35,6 +35,7 @@ PREFILL = "prefill"  # the discovery component of prefill workers
 # Outcomes: "remote" (prefilled by a prefill worker), "local" (by choice), "fallback" (remote was
 # chosen or needed but did not happen).
 LOCAL, REMOTE, FALLBACK = "local", "remote", "fallback"
+START_HANDSHAKES_S = 20.0  # how long a starting decode worker waits for its first handshakes
 ARENA_WAIT_S = 2.0  # how long a stage or a fetch waits for room in a worker's transfer arena
 
 
@@ -127,6 +128,10 @@ class RemotePrefill:
         self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._reply = pq.done_subject(cfg.namespace, discovery.instance_id)
         self._unsubscribe: Any = None
+        # Prefill workers whose engines this worker's engine has handshaken with: remote prefill only
+        # once it has with every live one (prefill work is a shared queue: any of them may take it).
+        self.handshaken: set[int] = set()
+        self._handshakes: dict[int, asyncio.Task[None]] = {}
         # Reading the depth and queueing is one step per worker: concurrent requests must not all
         # see the same short queue and all go remote.
         self._queue_lock = asyncio.Lock()
@@ -136,10 +141,18 @@ class RemotePrefill:
         self.queue = await pq.PrefillQueue.open(
             self.plane.nc, self.cfg.namespace, redelivery_s=self.d.redelivery_s
         )
-        self.prefills.reset(await self.discovery.watch(PREFILL, self.prefills.on_event))
         self._unsubscribe = await self.plane.subscribe(self._reply, self._on_done)
+        self.prefills.reset(await self.discovery.watch(PREFILL, self._on_prefill))
+        for iid in self.prefills.ids():
+            inst = self.prefills.get(iid)
+            if inst is not None:
+                self._handshake_soon(iid, inst.data)
+        if self._handshakes:  # before this worker is announced: its first requests may go remote
+            await asyncio.wait(list(self._handshakes.values()), timeout=START_HANDSHAKES_S)
 
     async def close(self) -> None:
+        for task in self._handshakes.values():
+            task.cancel()
         if self._unsubscribe is not None:
             with contextlib.suppress(Exception):
                 await self._unsubscribe()
@@ -149,6 +162,55 @@ class RemotePrefill:
         if self.transfer is not None:
             with contextlib.suppress(Exception):
                 await self.transfer.close()
+
+    # ---- handshakes -----------------------------------------------------------------------------------
+    def _on_prefill(self, event: DiscoveryEvent) -> None:
+        self.prefills.on_event(event)
+        iid, data = event.instance.instance_id, event.instance.data
+        if event.kind != "delete":
+            self._handshake_soon(iid, data)
+            return
+        self.handshaken.discard(iid)
+        task = self._handshakes.pop(iid, None)
+        if task is not None:
+            task.cancel()
+        if data.get("kv_peer"):
+            forget = asyncio.ensure_future(self.engine.forget(data["kv_peer"]))
+            forget.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    def _handshake_soon(self, iid: int, data: dict[str, Any]) -> None:
+        peer = data.get("kv_peer")
+        if peer is None:  # the mocker moves KV itself: nothing to handshake
+            self.handshaken.add(iid)
+        elif iid not in self.handshaken and iid not in self._handshakes:
+            self._handshakes[iid] = asyncio.ensure_future(self._handshake(iid, peer))
+
+    async def _handshake(self, iid: int, peer: dict[str, Any]) -> None:
+        """Handshake with a prefill worker's engine until it works or the worker leaves, then tell it
+        (it takes no work before every live decode worker has)."""
+        delay = 0.5
+        try:
+            while self.prefills.get(iid) is not None:
+                try:
+                    await self.engine.handshake(peer)
+                except Exception as e:
+                    logger.warning(
+                        "handshake with prefill worker %x (%s:%s) failed (%s); retrying in %g s",
+                        iid, peer.get("host"), peer.get("port"), e, delay,
+                    )  # fmt: skip
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+                    continue
+                self.handshaken.add(iid)
+                logger.info(
+                    "handshaken with prefill worker %x (%s:%s)", iid, peer.get("host"), peer.get("port")
+                )
+                me = f"{self.discovery.instance_id:x}".encode()
+                with contextlib.suppress(Exception):
+                    await self.plane.publish(pq.handshake_subject(self.cfg.namespace, iid), me)
+                return
+        finally:
+            self._handshakes.pop(iid, None)
 
     # ---- deciding -------------------------------------------------------------------------------------
     async def decide(self, request: EngineRequest) -> Decision:
@@ -163,8 +225,13 @@ class RemotePrefill:
             return made(LOCAL, "remote_prefill_off")
         if d.conditional_disagg and uncached <= d.max_local_prefill_length:
             return made(LOCAL, "prefix_cached" if n > d.max_local_prefill_length else "short_prompt")
-        if not self.prefills.ids():
+        live = self.prefills.ids()
+        if not live:
             return made(FALLBACK, "no_prefill_worker")
+        if not self.handshaken.issuperset(live):
+            pending = ", ".join(f"{i:x}" for i in live if i not in self.handshaken)
+            FALLBACKS.note(HANDSHAKE, f"request {request.request_id}: not handshaken yet with {pending}")
+            return made(FALLBACK, HANDSHAKE)
         if d.conditional_disagg:
             assert self.queue is not None
             try:

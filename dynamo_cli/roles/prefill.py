@@ -25,10 +25,13 @@ from dynamo_cli.models.resolve import ResolvedModel, read_model_info
 from dynamo_cli.roles.base import Role
 from dynamo_cli.roles.disagg import ARENA_WAIT_S, PREFILL, encode_peer, open_transfer, staged_block_hashes
 from dynamo_cli.runtime import prefill_queue as pq
+from dynamo_cli.runtime import protocol
+from dynamo_cli.runtime.workers import InstanceSet
 
 logger = logging.getLogger(__name__)
 
 MAX_IN_FLIGHT = 8  # prefills one worker takes from the queue at once (the engine batches them)
+HANDSHAKE_WAIT_S = 30.0  # how long a new prefill worker waits for the live decode workers' handshakes
 
 
 class PrefillRole(Role):
@@ -47,6 +50,7 @@ class PrefillRole(Role):
         self._busy: set[str] = set()  # request ids being prefilled here
         self._accepting = True
         self._unsubscribe: Any = None
+        self._unsubscribe_acks: Any = None
 
     async def start(self) -> dict[str, Any]:
         info = read_model_info(self.model.path)
@@ -79,14 +83,51 @@ class PrefillRole(Role):
         self._unsubscribe = await self.plane.subscribe(
             pq.release_subject(self.cfg.namespace, iid), self._on_release
         )
+        peer = self.engine.kv_peer()
+        acks: set[int] = set()
+        acked = asyncio.Event()
+
+        async def on_ack(data: bytes) -> None:
+            with contextlib.suppress(ValueError):
+                acks.add(int(data.decode(), 16))
+                acked.set()
+
+        if peer is not None:  # decode engines handshake with this one before it takes work
+            record["kv_peer"] = peer
+            self._unsubscribe_acks = await self.plane.subscribe(
+                pq.handshake_subject(self.cfg.namespace, iid), on_ack
+            )
         # Announce first: a decode worker looks this worker's transfer metadata up as soon as it
         # hears of a prefill done here.
         await self.discovery.register(PREFILL, record)
+        if peer is not None:
+            await self._await_handshakes(acks, acked)
         self._tasks = [
             asyncio.create_task(self._pull(), name="prefill-pull"),
             asyncio.create_task(self.fail_when_dead(self.engine), name="engine-health"),
         ]
         return {"instance": f"{iid:x}", "transfer": record.get("transfer_backend")}
+
+    async def _await_handshakes(self, acks: set[int], acked: asyncio.Event) -> None:
+        """Take no work before every live decode worker has handshaken with this engine (work is a
+        shared queue: any decode worker's request may come here). A decode worker that has not within
+        HANDSHAKE_WAIT_S is not waited for: it sends no remote work before it has."""
+        assert self.discovery is not None
+        decodes = InstanceSet()
+        decodes.reset(await self.discovery.watch(protocol.WORKER, decodes.on_event))
+        deadline = time.monotonic() + HANDSHAKE_WAIT_S
+        while not acks.issuperset(decodes.ids()) and time.monotonic() < deadline:
+            acked.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(acked.wait(), 0.2)
+        missing = [f"{i:x}" for i in decodes.ids() if i not in acks]
+        if missing:
+            logger.warning(
+                "decode worker(s) %s did not handshake within %g s; pulling prefill work anyway",
+                ", ".join(missing), HANDSHAKE_WAIT_S,
+            )  # fmt: skip
+        else:
+            logger.info("handshaken by %d decode worker(s); pulling prefill work", len(acks))
 
     # ---- work ---------------------------------------------------------------------------------------
     async def _pull(self) -> None:
@@ -210,9 +251,10 @@ class PrefillRole(Role):
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._unsubscribe is not None:
-            with contextlib.suppress(Exception):
-                await self._unsubscribe()
+        for unsubscribe in (self._unsubscribe, self._unsubscribe_acks):
+            if unsubscribe is not None:
+                with contextlib.suppress(Exception):
+                    await unsubscribe()
         if self._puller is not None:
             await self._puller.close()
         for staged in self._staged.values():

@@ -38,6 +38,12 @@ def done_subject(namespace: str, decode_id: int) -> str:
     return f"dyn.{namespace}.prefill.done.{decode_id:x}"
 
 
+def handshake_subject(namespace: str, prefill_id: int) -> str:
+    """Where a decode worker tells a prefill worker it has handshaken with its engine (payload: the
+    decode worker's instance id, hex)."""
+    return f"dyn.{namespace}.prefill.handshake.{prefill_id:x}"
+
+
 def release_subject(namespace: str, prefill_id: int) -> str:
     """Where a decode worker tells a prefill worker it has the KV (the staged copy can go)."""
     return f"dyn.{namespace}.prefill.release.{prefill_id:x}"

@@ -2,13 +2,16 @@
 
 Fifty long prompts (1-3k tokens, some sharing a document, some sent together) decode token for token as
 an aggregated deployment decodes them, with no fallback and no KV read past its lease; a decode engine
-stalled past a (tiny) lease prefills locally instead of reading expired KV.
+stalled past a (tiny) lease prefills locally instead of reading expired KV; a prefill worker that was
+restarted takes work only once the decode worker has handshaken with its new engine.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import random
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,8 +19,8 @@ from pathlib import Path
 import openai
 import pytest
 
-from dynamo_cli.runtime.handle import Deployment, start
-from tests.e2e.helpers import scrape
+from dynamo_cli.runtime.handle import Deployment, process_alive, start
+from tests.e2e.helpers import child_pids, scrape, wait_for
 
 pytestmark = [
     pytest.mark.e2e,
@@ -65,6 +68,13 @@ def _run_sequence(dep: Deployment, prompts: list[str]) -> tuple[list[str], list[
         for i in range(20, len(prompts), 5):
             out += list(pool.map(lambda p: _complete(dep, p), prompts[i : i + 5]))
     return [t for t, _ in out], [s for _, s in out]
+
+
+def _descendants(pid: int) -> list[int]:
+    out = []
+    for child in child_pids(pid):
+        out += [child, *_descendants(child)]
+    return out
 
 
 def _decisions(dep: Deployment) -> dict[tuple[str, str], float]:
@@ -143,3 +153,70 @@ def test_a_decode_engine_stalled_past_the_lease_prefills_locally(
     log = dep.log_text()
     assert INVALID not in log
     assert log.count("prefilling locally (kv_lease)") == 1  # logged once, then counted
+
+
+@pytest.mark.timeout(600)
+def test_a_restarted_prefill_worker_is_handshaken_before_it_gets_work(
+    tiny_model: Path, agg_tokens: list[str], tmp_path: Path
+) -> None:
+    dep = _disagg(tmp_path, tiny_model)
+    prompts = _prompts()
+    try:
+        before = [_complete(dep, p)[0] for p in prompts[:3]]
+        old = dep.pid("prefill-0")
+        engine = _descendants(old)  # vLLM's engine core and worker
+        assert len(engine) >= 2
+        os.kill(old, signal.SIGKILL)  # the launcher starts a new one: a new engine
+        wait_for(lambda: not any(process_alive(p) for p in engine), 30, "the old engine's processes to exit")
+        wait_for(lambda: dep.log_text().count("pulling prefill work") >= 2, 180, "the new prefill worker")
+        after = [_complete(dep, p)[0] for p in prompts[3:8]]
+        decisions = _decisions(dep)
+    finally:
+        dep.stop()
+    assert before + after == agg_tokens[:8]
+    assert decisions == {("remote", "long_uncached"): 8}, decisions  # no fallback, no handshake paid
+    log = dep.log_text()
+    # The new engine took work only once the decode worker had handshaken with it (and told it so).
+    pulling = [ln for ln in log.splitlines() if "pulling prefill work" in ln]
+    assert len(pulling) == 2 and "handshaken by 1 decode worker(s)" in pulling[-1], pulling
+    assert "handshake_setup_failed" not in log and "handshake_failed" not in log and INVALID not in log
+
+
+@pytest.mark.timeout(900)
+def test_smollm2_answers_as_an_aggregated_run_does(tmp_path: Path) -> None:
+    """The real chat model (float32), a shorter sequence: two ~1.3k-token documents, three questions
+    each (the later two share the document's prefix)."""
+    from benchmarks.workload import text
+
+    rng = random.Random(5)
+    docs = [text(rng, 1300) for _ in range(2)]
+    chats = [f"Document:\n{docs[i % 2]}\nQuestion {i}: {text(rng, 12)}?" for i in range(6)]
+
+    def answers(dep: Deployment) -> list[str]:
+        client = openai.OpenAI(base_url=dep.base_url, api_key="x", max_retries=0, timeout=300)
+        out = []
+        for chat in chats:
+            resp = client.chat.completions.create(
+                model=dep.model, messages=[{"role": "user", "content": chat}], max_tokens=16, temperature=0
+            )
+            out.append(resp.choices[0].message.content or "")
+        return out
+
+    agg = start(tmp_path, "agg", "--engine", "vllm", "--workers", "1", "--set", "router.replicas=0",
+                *FLOAT32, timeout=300)  # fmt: skip
+    try:
+        expected = answers(agg)
+    finally:
+        agg.stop()
+    dep = start(tmp_path, "disagg", "--engine", "vllm", "--set", "router.replicas=0", *FLOAT32,
+                timeout=300)  # fmt: skip
+    try:
+        got = answers(dep)
+        decisions = _decisions(dep)
+    finally:
+        dep.stop()
+    assert got == expected
+    assert decisions.get(("remote", "long_uncached")) == 2 and not [
+        k for k in decisions if k[0] == "fallback"
+    ], decisions
+    assert INVALID not in dep.log_text()

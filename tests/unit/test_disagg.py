@@ -36,8 +36,8 @@ def _remote(
     engine: Any = SimpleNamespace(block_size=BS)
     rp = RemotePrefill(cfg, None, SimpleNamespace(instance_id=7), engine, kv_bytes_per_token=8)  # type: ignore[arg-type]
     rp.queue = _Queue(depth, fail)  # type: ignore[assignment]
-    for i in range(prefill_workers):
-        rp.prefills.on_event(DiscoveryEvent("put", Instance("prefill", 100 + i, {})))
+    for i in range(prefill_workers):  # mocker prefill workers: nothing to handshake with
+        rp._on_prefill(DiscoveryEvent("put", Instance("prefill", 100 + i, {})))
     return rp
 
 
@@ -89,6 +89,53 @@ def test_unconditional_disagg_sends_everything_remote_whatever_the_queue() -> No
 
 def test_no_prefill_worker_is_a_counted_fallback() -> None:
     assert _decide(_remote(ON, prefill_workers=0), _req(500))[:2] == ("fallback", "no_prefill_worker")
+
+
+def test_remote_prefill_waits_for_a_handshake_with_every_live_prefill_engine() -> None:
+    class Engine:
+        block_size = BS
+
+        def __init__(self) -> None:
+            self.go = asyncio.Event()
+            self.handshakes: list[dict] = []
+            self.forgotten: list[dict] = []
+            self.fail_first = True
+
+        async def handshake(self, peer: dict) -> None:
+            self.handshakes.append(peer)
+            if self.fail_first:
+                self.fail_first = False
+                raise RuntimeError("side channel refused")
+            await self.go.wait()
+
+        async def forget(self, peer: dict) -> None:
+            self.forgotten.append(peer)
+
+    class Plane:
+        def __init__(self) -> None:
+            self.published: list[tuple[str, bytes]] = []
+
+        async def publish(self, subject: str, data: bytes) -> None:
+            self.published.append((subject, data))
+
+    async def scenario() -> None:
+        rp = _remote(ON, prefill_workers=1)  # a mocker prefill worker: no handshake needed
+        engine, plane = Engine(), Plane()
+        rp.engine, rp.plane = engine, plane  # type: ignore[assignment]
+        peer = {"engine_id": "e-1", "host": "127.0.0.1", "port": 12345, "tp_size": 1}
+        rp._on_prefill(DiscoveryEvent("put", Instance("prefill", 200, {"kv_peer": peer})))
+        assert (await rp.decide(_req(500))).reason == "handshake"  # not with 200 yet: local
+        await asyncio.sleep(0.7)  # the first attempt failed; the retry waits on the engine
+        assert len(engine.handshakes) == 2 and (await rp.decide(_req(500))).reason == "handshake"
+        engine.go.set()
+        await asyncio.sleep(0.05)
+        assert (await rp.decide(_req(500))).outcome == "remote"
+        assert plane.published == [("dyn.dynamo.prefill.handshake.c8", b"7")]  # told 200 (c8) it may pull
+        rp._on_prefill(DiscoveryEvent("delete", Instance("prefill", 200, {"kv_peer": peer})))
+        await asyncio.sleep(0)
+        assert 200 not in rp.handshaken and engine.forgotten == [peer]
+
+    asyncio.run(scenario())
 
 
 def test_cached_prefixes_stop_at_the_first_gap() -> None:
