@@ -27,6 +27,12 @@ class SamplingOptions:
     # Extra token ids that end the request (besides the engine's own EOS); honoured even with
     # ignore_eos, as in vLLM.
     stop_token_ids: list[int] = field(default_factory=list)
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    min_p: float = 0.0
+    # Token id -> bias added to its logit (-100: never sampled; 100: always, as OpenAI describes).
+    logit_bias: dict[int, float] | None = None
 
 
 @dataclass(slots=True)

@@ -32,23 +32,31 @@ def load_subject(namespace: str) -> str:
 
 
 # ---- frontend -> worker: generate -----------------------------------------------------------------
+# Sampling fields sent only when not at their default (most requests use none of them).
+_OPTIONAL = {"presence_penalty": 0.0, "frequency_penalty": 0.0, "repetition_penalty": 1.0, "min_p": 0.0}
+
+
 def encode_generate(req: EngineRequest) -> bytes:
     s = req.sampling
-    return _pack(
-        {
-            "id": req.request_id,
-            "t": req.prompt_token_ids,
-            "max": s.max_tokens,
-            "temp": s.temperature,
-            "top_p": s.top_p,
-            "top_k": s.top_k,
-            "seed": s.seed,
-            "ign": s.ignore_eos,
-            "min": s.min_tokens,
-            "stop": s.stop_token_ids,
-            "kv": req.kv_transfer_params,
-        }
-    )
+    m: dict[str, Any] = {
+        "id": req.request_id,
+        "t": req.prompt_token_ids,
+        "max": s.max_tokens,
+        "temp": s.temperature,
+        "top_p": s.top_p,
+        "top_k": s.top_k,
+        "seed": s.seed,
+        "ign": s.ignore_eos,
+        "min": s.min_tokens,
+        "stop": s.stop_token_ids,
+        "kv": req.kv_transfer_params,
+    }
+    for name, default in _OPTIONAL.items():
+        if getattr(s, name) != default:
+            m[name] = getattr(s, name)
+    if s.logit_bias:
+        m["logit_bias"] = [[t, b] for t, b in s.logit_bias.items()]
+    return _pack(m)
 
 
 def decode_generate(data: bytes) -> EngineRequest:
@@ -65,6 +73,8 @@ def decode_generate(data: bytes) -> EngineRequest:
             ignore_eos=m["ign"],
             min_tokens=m["min"],
             stop_token_ids=m["stop"],
+            logit_bias={int(t): float(b) for t, b in m["logit_bias"]} if m.get("logit_bias") else None,
+            **{name: m[name] for name in _OPTIONAL if name in m},
         ),
         kv_transfer_params=m.get("kv"),
     )

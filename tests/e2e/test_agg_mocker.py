@@ -210,3 +210,30 @@ def test_every_role_is_a_separate_live_process(dep: Deployment) -> None:
 
 def test_readme_embedded_default_needs_no_model(dep: Deployment, tmp_path: Path) -> None:
     assert dep.model == "SmolLM2-135M-Instruct"
+
+
+def test_logit_bias_reaches_the_engine(client: openai.OpenAI, dep: Deployment, tok: ModelTokenizer) -> None:
+    word = tok.encode(" Paris")[0]
+    r = client.chat.completions.create(
+        model=dep.model,
+        messages=MESSAGES,
+        max_tokens=6,
+        logit_bias={str(word): 100},
+        extra_body={"ignore_eos": True},  # type: ignore[arg-type]
+    )
+    assert r.choices[0].message.content == tok.decode([word] * 6)  # forced, as OpenAI describes +100
+    free = client.chat.completions.create(model=dep.model, messages=MESSAGES, max_tokens=40, temperature=0)  # type: ignore[arg-type]
+    banned = {str(t): -100 for t in tok.encode(free.choices[0].message.content or "")}
+    again = client.chat.completions.create(
+        model=dep.model,
+        messages=MESSAGES,
+        max_tokens=40,
+        temperature=0,
+        logit_bias=banned,  # type: ignore[arg-type]
+    )
+    # Greedy is a function of the prompt: only the bans can change it (the engine test checks them
+    # token by token).
+    assert again.choices[0].message.content != free.choices[0].message.content
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model=dep.model, messages=MESSAGES, logit_bias={"10000000": 5})  # type: ignore[arg-type]
+    assert err.value.body["param"] == "logit_bias"  # type: ignore[index]

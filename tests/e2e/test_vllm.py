@@ -68,6 +68,25 @@ def test_greedy_is_deterministic(client: openai.OpenAI, tiny: Deployment) -> Non
     assert first and all(ask() == first for _ in range(3))
 
 
+def test_penalties_and_logit_bias_reach_vllm(client: openai.OpenAI, tiny: Deployment) -> None:
+    """The unsharpened tiny model repeats one token whatever the context: a frequency or repetition
+    penalty must make it vary, a +100 logit bias must pick the token."""
+
+    def ask(**extra: object) -> str:
+        r = client.completions.create(model=tiny.model, prompt="one two three", max_tokens=12, temperature=0,
+                                      extra_body={"ignore_eos": True, **extra})  # fmt: skip
+        return r.choices[0].text
+
+    plain = ask()
+    assert ask(frequency_penalty=2.0) != plain
+    assert ask(repetition_penalty=5.0) != plain
+    assert ask(presence_penalty=2.0) != plain
+    forced = ask(logit_bias={"300": 100})
+    assert forced == forced[: len(forced) // 12] * 12  # one token, twelve times
+    assert ask(logit_bias={"301": 100}) not in (forced, plain)
+    assert ask(min_p=1.0) == plain  # only the greedy token survives: nothing changes
+
+
 def test_prefix_cache_and_kv_events_reach_the_router(client: openai.OpenAI, tiny: Deployment) -> None:
     long = [{"role": "user", "content": "Remember this. " * 120}]  # > 2 blocks of 128 tokens
     first = client.chat.completions.create(model=tiny.model, messages=long, max_tokens=2)  # type: ignore[arg-type]

@@ -137,6 +137,22 @@ async def test_stop_token_ids_end_the_request(make_engine: MakeEngine) -> None:
     assert outs[-1].finish_reason == "stop"
 
 
+async def test_logit_bias_bans_and_forces_tokens(make_engine: MakeEngine) -> None:
+    e = make_engine(eos_rate=0.5)
+    p = prompt(10)
+    few, _ = await collect(e, request(p, 200, temperature=0.0, top_p=0.005, ignore_eos=True))
+    common = sorted(set(few))
+    assert len(common) > 1
+    banned, _ = await collect(e, request(p, 200, temperature=0.0, top_p=0.005, ignore_eos=True,
+                                         logit_bias={common[0]: -100.0, common[1]: -100}))  # fmt: skip
+    assert len(banned) == 200 and not {common[0], common[1]} & set(banned)
+    forced, outs = await collect(e, request(p, 30, logit_bias={777: 100.0, EOS: -100.0}))
+    assert forced == [777] * 30 and outs[-1].finish_reason == "length"  # EOS banned: no early stop
+    mild, _ = await collect(e, request(p, 200, temperature=0.0, top_p=0.005, ignore_eos=True,
+                                       logit_bias={common[0]: -5.0}))  # fmt: skip
+    assert mild == few  # a bias the simulation cannot weigh changes nothing
+
+
 async def test_repeated_prompt_reports_cached_tokens(make_engine: MakeEngine) -> None:
     e = make_engine()
     p = prompt(100)

@@ -86,6 +86,12 @@ def test_value_errors_lose_pydantics_prefix() -> None:
         ({"max_tokens": 0}, "max_tokens"),
         ({"max_completion_tokens": 0}, "max_completion_tokens"),
         ({"min_tokens": -1}, "min_tokens"),
+        ({"presence_penalty": 2.5}, "presence_penalty"),
+        ({"frequency_penalty": -3}, "frequency_penalty"),
+        ({"repetition_penalty": 0}, "repetition_penalty"),
+        ({"min_p": 1.5}, "min_p"),
+        ({"logit_bias": {"abc": 1}}, "logit_bias"),
+        ({"logit_bias": {"12": 101}}, "logit_bias"),
     ],
 )
 def test_out_of_range_sampling_values_are_400_with_their_param(body: dict[str, Any], param: str) -> None:
@@ -136,8 +142,34 @@ def test_requested_max_tokens_prefers_max_completion_tokens() -> None:
 
 
 def test_unknown_fields_are_accepted_and_ignored() -> None:
-    req = ChatCompletionRequest(model="m", messages=USER, frequency_penalty=0.5, user="u-1")
+    req = ChatCompletionRequest(model="m", messages=USER, user="u-1")
     assert req.stop_list == [] and req.n == 1
+
+
+def test_sampling_penalties_and_logit_bias_are_read() -> None:
+    req = ChatCompletionRequest(
+        model="m", messages=USER, frequency_penalty=0.5, presence_penalty=-1, repetition_penalty=1.3,
+        min_p=0.05, logit_bias={"12": -100, "7": 2.5},
+    )  # fmt: skip
+    assert (req.frequency_penalty, req.presence_penalty, req.repetition_penalty, req.min_p) == (
+        0.5,
+        -1,
+        1.3,
+        0.05,
+    )
+    assert req.logit_bias == {"12": -100.0, "7": 2.5}
+
+
+def test_sampling_fields_travel_to_the_worker() -> None:
+    from dynamo_cli.engines.base import EngineRequest, SamplingOptions
+    from dynamo_cli.runtime.protocol import decode_generate, encode_generate
+
+    plain = EngineRequest("r", [1, 2], SamplingOptions(max_tokens=4))
+    assert decode_generate(encode_generate(plain)) == plain
+    s = SamplingOptions(max_tokens=4, presence_penalty=0.5, frequency_penalty=-0.25, repetition_penalty=1.2,
+                        min_p=0.1, logit_bias={5: -100.0, 49151: 3.0})  # fmt: skip
+    full = EngineRequest("r", [1, 2], s)
+    assert decode_generate(encode_generate(full)) == full
 
 
 # ---- chat messages -----------------------------------------------------------------------------------

@@ -48,10 +48,12 @@ class _Request:
     """Scheduler state and output buffer of one request."""
 
     __slots__ = (
+        "banned",
         "cached_tokens",
         "error",
         "finish",
         "first_sent",
+        "forced",
         "id",
         "k",
         "num_computed",
@@ -83,6 +85,11 @@ class _Request:
         self.offset = 0  # start of the top-p / top-k candidate window
         self.k = 1  # size of that window
         self.stop_ids: frozenset[int] = frozenset(request.sampling.stop_token_ids)
+        # logit_bias, as far as a simulation can honour it: -100 bans a token, 100 forces one.
+        bias = request.sampling.logit_bias or {}
+        self.banned: frozenset[int] = frozenset(t for t, b in bias.items() if b <= -100)
+        forced = [t for t, b in bias.items() if b >= 100]
+        self.forced: int | None = min(forced) if forced else None
         self.cached_tokens = 0
         self.first_sent = False
         self.pending: list[int] = []  # tokens not yet handed to the consumer
@@ -192,6 +199,20 @@ class MockerEngine(Engine):
     def reset_prefix_cache(self) -> None:
         """Forget every cached block (emits a "cleared" KV event)."""
         self._pool.clear()
+
+    def _candidate(self, req: _Request, index: int) -> int:
+        """The token at ``index`` of the request's candidate window, or the next one logit_bias does
+        not ban (all banned: the one drawn, as a -100 bias only lowers a logit)."""
+        first = -1
+        for j in range(min(req.k, len(req.banned) + 1)):
+            token = (req.offset + (index + j) % req.k) % self._num_candidates
+            for eos in self._eos_skip:
+                if token >= eos:
+                    token += 1
+            if token not in req.banned:
+                return token
+            first = token if first < 0 else first
+        return first
 
     # -- submission and completion --------------------------------------------------------------
 
@@ -402,13 +423,17 @@ class MockerEngine(Engine):
         can_stop = not s.ignore_eos and req.num_output >= s.min_tokens
         eos_roll = rng.random() if self.cfg.eos_rate > 0.0 else 1.0
         reason: FinishReason | None = None
-        if can_stop and self._eos_id is not None and eos_roll < self.cfg.eos_rate:
-            token, reason = self._eos_id, "stop"
+        eos = self._eos_id
+        if (
+            can_stop
+            and eos is not None
+            and eos not in req.banned
+            and req.forced is None
+            and eos_roll < self.cfg.eos_rate
+        ):
+            token, reason = eos, "stop"
         else:
-            token = (req.offset + int(rng.random() * req.k)) % self._num_candidates
-            for eos in self._eos_skip:
-                if token >= eos:
-                    token += 1
+            token = req.forced if req.forced is not None else self._candidate(req, int(rng.random() * req.k))
             if can_stop and token in req.stop_ids:
                 reason = "stop"
         req.tokens.append(token)

@@ -66,6 +66,13 @@ def build_generation(
             param="max_tokens",
             code="context_length_exceeded",
         )
+    bias = {int(k): float(v) for k, v in body.logit_bias.items()} if body.logit_bias else None
+    if bias and max(bias) >= tok.vocab_size:
+        raise OpenAIError(
+            400,
+            f"logit_bias names token {max(bias)}; the model's vocabulary has {tok.vocab_size} tokens",
+            param="logit_bias",
+        )
     sampling = SamplingOptions(
         max_tokens=requested or (limit - n),
         temperature=body.temperature,
@@ -75,6 +82,11 @@ def build_generation(
         ignore_eos=body.ignore_eos,
         min_tokens=body.min_tokens,
         stop_token_ids=list(body.stop_token_ids or []),
+        presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty,
+        repetition_penalty=body.repetition_penalty,
+        min_p=body.min_p,
+        logit_bias=bias,
     )
     return Generation(request_id, prompt_ids, sampling, body.stop_list, body.skip_special_tokens)
 

@@ -59,6 +59,23 @@ class _Sampling(_Req):
     ignore_eos: bool = False
     min_tokens: int = Field(0, ge=0)
     skip_special_tokens: bool = True
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
+    min_p: float = Field(0.0, ge=0.0, le=1.0)
+    # Token ids (as strings, as OpenAI's JSON has them) -> bias in [-100, 100]; ids are checked
+    # against the vocabulary where the tokenizer is known (pipeline.build_generation).
+    logit_bias: dict[str, float] | None = None
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        for key, bias in (v or {}).items():
+            if not key.isdigit():
+                raise ValueError(f"logit_bias keys are token ids; {key[:40]!r} is not one")
+            if not -100.0 <= bias <= 100.0:
+                raise ValueError(f"logit_bias values are between -100 and 100; token {key} has {bias}")
+        return v
 
     @field_validator("stop")
     @classmethod
