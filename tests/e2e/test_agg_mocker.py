@@ -99,8 +99,10 @@ def test_ignore_eos_and_max_tokens_limit(client: openai.OpenAI, dep: Deployment)
     assert r.usage is not None and r.usage.completion_tokens == 33
 
 
-def test_text_completions_and_models(client: openai.OpenAI, dep: Deployment) -> None:
-    assert [m.id for m in client.models.list()] == [dep.model]
+def test_text_completions_and_models(client: openai.OpenAI, dep: Deployment, tok: ModelTokenizer) -> None:
+    models = client.models.list()
+    assert [m.id for m in models] == [dep.model]
+    assert models.data[0].model_extra == {"max_model_len": tok.context_length}  # as vLLM reports it
     r = client.completions.create(
         model=dep.model, prompt="The capital of France is", max_tokens=8, temperature=0
     )

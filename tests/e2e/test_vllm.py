@@ -32,7 +32,8 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
 
     model = build_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama")
     d = start(tmp_path_factory.mktemp("vllm"), "agg", "--engine", "vllm", "--model", str(model), "--workers", "1",
-              "--router-mode", "kv", "--set", "router.replicas=0", timeout=240)  # fmt: skip
+              "--router-mode", "kv", "--set", "router.replicas=0", "--set", "vllm.max_model_len=2048",
+              timeout=240)  # fmt: skip
     yield d
     d.stop()
 
@@ -66,6 +67,14 @@ def test_greedy_is_deterministic(client: openai.OpenAI, tiny: Deployment) -> Non
 
     first = ask()
     assert first and all(ask() == first for _ in range(3))
+
+
+def test_models_report_the_engines_context(client: openai.OpenAI, tiny: Deployment) -> None:
+    # vllm.max_model_len, not the tiny Llama's 4096 positions: the frontend refuses what the engine would
+    assert client.models.list().data[0].model_extra == {"max_model_len": 2048}
+    with pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(model=tiny.model, prompt="word " * 2100, max_tokens=4)
+    assert err.value.code == "context_length_exceeded"
 
 
 def test_penalties_and_logit_bias_reach_vllm(client: openai.OpenAI, tiny: Deployment) -> None:
@@ -118,20 +127,20 @@ def test_abort_frees_the_request(tiny: Deployment) -> None:
 
         unsub = await plane.subscribe(protocol.load_subject("dynamo"), on_load)
         async with httpx.AsyncClient(timeout=60) as http:
-            # 4000 tokens take well over 10 s here: only an abort brings the count back within 5 s.
-            body = {"model": tiny.model, "messages": [{"role": "user", "content": "go"}], "max_tokens": 4000,
+            # 2000 tokens take over 6 s here: only an abort brings the count back within 2 s.
+            body = {"model": tiny.model, "messages": [{"role": "user", "content": "go"}], "max_tokens": 2000,
                     "stream": True, "ignore_eos": True}  # fmt: skip
             async with http.stream("POST", tiny.base_url + "/chat/completions", json=body) as resp:
                 async for _ in resp.aiter_lines():
                     if busy.is_set():
                         break  # the worker reported the request running: hang up mid-stream
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(idle.wait(), 5)
+            await asyncio.wait_for(idle.wait(), 2)
         await unsub()
         await plane.close()
         return busy.is_set(), idle.is_set()
 
-    assert asyncio.run(scenario()) == (True, True)  # seen running, then freed long before 4000 tokens
+    assert asyncio.run(scenario()) == (True, True)  # seen running, then freed long before 2000 tokens
 
 
 @pytest.fixture(scope="module")

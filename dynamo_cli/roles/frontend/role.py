@@ -77,6 +77,8 @@ class FrontendRole(Role):
         fcfg = self.cfg.frontend
         sock = bind_socket(fcfg.host, fcfg.port)  # first: a busy port fails fast, before any connection
         tokenizer = await asyncio.to_thread(ModelTokenizer, self.model.path, fast_encode=fcfg.fast_tokenizer)
+        if self.cfg.engine == "vllm" and self.cfg.vllm.max_model_len:  # the engines take no longer
+            tokenizer.context_length = min(tokenizer.context_length, self.cfg.vllm.max_model_len)
         await self.connect()
         assert self.plane is not None and self.discovery is not None
         self.service = None

@@ -314,7 +314,15 @@ class Api:
         return await self._handle(request, "completions", CompletionRequest, "cmpl")
 
     async def models(self, request: Request) -> Response:
-        data = [{"id": self.s.model, "object": "model", "created": 0, "owned_by": "dynamo"}]
+        data = [
+            {
+                "id": self.s.model,
+                "object": "model",
+                "created": 0,
+                "owned_by": "dynamo",
+                "max_model_len": self.s.tokenizer.context_length,  # as vLLM's own server names it
+            }
+        ]
         return json_response({"object": "list", "data": data})
 
     async def health(self, request: Request) -> Response:
