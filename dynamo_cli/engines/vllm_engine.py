@@ -35,11 +35,9 @@ from dynamo_cli.engines.base import (
     LoadMetrics,
 )
 from dynamo_cli.engines.vllm_nixl import (
-    LEASE_KEY,
     PullPlanner,
     kv_transfer_config,
-    lease_left,
-    lease_margin,
+    lease_running_out,
     prefill_result,
 )
 from dynamo_cli.errors import StartupError
@@ -400,8 +398,7 @@ class VllmEngine(Engine):
         created = getattr(first, "num_cache_creation_tokens", 0) or 0
         if created <= self.block_size:
             return
-        left = lease_left(kv or {})
-        if left is not None and left < lease_margin(float((kv or {}).get(LEASE_KEY) or 0)):
+        if lease_running_out(kv or {}) is not None:
             cause, why = KV_LEASE, "the KV lease was over or nearly where the pull would start"
         else:
             cause, why = TRANSFER, "vLLM could not load the prefill's KV and computed the prompt itself"

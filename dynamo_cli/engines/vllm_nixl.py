@@ -120,8 +120,8 @@ def _connector_class() -> Any:
                 stall = os.environ.get(STALL_ENV)
                 if stall:
                     time.sleep(float(stall))
-                late = lease_left(params)
-                if late is not None and late < lease_margin(float(params.get(LEASE_KEY) or 0)):
+                late = lease_running_out(params)
+                if late is not None:
                     FALLBACKS.note(
                         KV_LEASE,
                         f"request {request.request_id}: {late:.1f} s left of the prefill engine's KV "
@@ -136,16 +136,15 @@ def _connector_class() -> Any:
     return DynamoNixlConnector
 
 
-def lease_margin(lease_s: float) -> float:
-    """How much of a KV lease must be left when a pull starts: the pull and the prefill engine's clock
-    against ours fit in it with room to spare (a third of the lease, at most 5 s)."""
-    return min(5.0, lease_s / 3) if lease_s > 0 else 5.0
-
-
-def lease_left(params: dict[str, Any]) -> float | None:
-    """Seconds left of the lease the params' KV is held under (None: params without our stamp)."""
-    expires = params.get(EXPIRES_KEY)
-    return float(expires) - time.time() if isinstance(expires, (int, float)) else None
+def lease_running_out(params: dict[str, Any]) -> float | None:
+    """Seconds left of the KV lease the params' KV is held under, when too few are left to start a
+    pull (the pull and the prefill engine's clock against ours must fit in a third of the lease, at
+    most 5 s); None when enough are left, or the params carry no lease stamp."""
+    expires, lease = params.get(EXPIRES_KEY), float(params.get(LEASE_KEY) or 0)
+    if not isinstance(expires, (int, float)):
+        return None
+    left = float(expires) - time.time()
+    return left if left < (min(5.0, lease / 3) if lease > 0 else 5.0) else None
 
 
 def _plain(value: Any) -> Any:
@@ -254,8 +253,7 @@ class PullPlanner:
         fingerprint = params.get(PROMPT_KEY)
         if fingerprint is not None and fingerprint != prompt_fingerprint(request.prompt_token_ids):
             return None, (TRANSFER, "the prefill computed another prompt")
-        left = lease_left(params)
-        if left is not None and left < lease_margin(float(params.get(LEASE_KEY) or 0)):
+        if lease_running_out(params) is not None:
             return None, (KV_LEASE, "the prefill's KV lease is over or nearly (its blocks may be reused)")
         key = (str(params["remote_engine_id"]), str(params["remote_request_id"]))
         if key in self._consumed:
