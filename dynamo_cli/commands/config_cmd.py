@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
 from dynamo_cli.commands import options as o
+
+if TYPE_CHECKING:
+    from dynamo_cli.config.models import DynamoConfig
 
 app = typer.Typer(help="Inspect profiles.", no_args_is_help=True)
 
@@ -22,10 +27,30 @@ def show(
     from dynamo_cli.console import emit_json
 
     cfg = load_config(profile, sets=sets, flags=o.common_flags(model, engine, namespace))
+    parsers = _parsers_in_force(cfg)
     if json_output:
-        emit_json(cfg.model_dump(mode="json"))
+        emit_json({**cfg.model_dump(mode="json"), "parsers_in_force": parsers})
     else:
         typer.echo(dump_config(cfg), nl=False)
+        typer.echo(f"# parsers in force: {parsers}")
+
+
+def _parsers_in_force(cfg: DynamoConfig) -> str:
+    """frontend.tool_call_parser and reasoning_parser as the frontend will apply them to this model
+    (auto resolved from its chat template). Only a model already on disk is looked at."""
+    from pathlib import Path
+
+    from dynamo_cli.models.resolve import EMBEDDED_ALIASES, resolve_model
+    from dynamo_cli.models.tokenizer import ModelTokenizer
+    from dynamo_cli.roles.frontend.prepare import ChatSetup
+
+    if cfg.model not in EMBEDDED_ALIASES and not Path(str(cfg.model)).expanduser().is_dir():
+        return f"tool calls: {cfg.frontend.tool_call_parser} (resolved when the model is downloaded)"
+    try:
+        tok = ModelTokenizer(resolve_model(cfg.model).path, fast_encode=False)
+    except Exception as e:  # a broken folder is reported by `dynamo run` / `dynamo doctor`
+        return f"unknown: the model's tokenizer could not be read ({e})"
+    return ChatSetup.resolve(cfg.frontend, tok).describe()
 
 
 @app.command("profiles", help="List the built-in profiles.")

@@ -111,6 +111,22 @@ def run(
             show_default=False,
         ),
     ] = None,
+    tool_call_parser: Annotated[
+        Optional[str],
+        typer.Option(
+            help="How model text becomes tool_calls: auto, hermes, llama3_json, mistral, pythonic or "
+            "qwen3_coder (frontend.tool_call_parser; auto picks from the chat template).",
+            show_default=False,
+        ),
+    ] = None,
+    reasoning_parser: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Split <think> reasoning into reasoning_content: deepseek_r1 or qwen3 "
+            "(frontend.reasoning_parser; default off).",
+            show_default=False,
+        ),
+    ] = None,
     json_output: o.Json = False,
 ) -> int:
     from dynamo_cli.config.loader import load_config
@@ -133,6 +149,8 @@ def run(
         "workers.tensor_parallel_size": decode_tp,
         "disagg.remote_prefill": remote_prefill,
         "planner.enabled": planner,
+        "frontend.tool_call_parser": tool_call_parser,
+        "frontend.reasoning_parser": reasoning_parser,
     }
     if decode_workers is not None:
         flags["workers.count"] = decode_workers

@@ -91,6 +91,15 @@ class FrontendConfig(_Model):
         description="Largest tools array or response_format schema, in KiB of JSON.",
     )
     max_restarts: int = Field(5, ge=0, description="Restarts of a dead frontend before the deployment stops.")
+    tool_call_parser: Literal["auto", "hermes", "llama3_json", "mistral", "pythonic", "qwen3_coder"] = Field(
+        "auto",
+        description="How the model's text becomes tool_calls with tool_choice auto. auto: from the chat "
+        "template where it is unambiguous; hermes for a template that ignores tools (the tools are then "
+        "rendered into the system prompt in that format).",
+    )
+    reasoning_parser: Literal["deepseek_r1", "qwen3"] | None = Field(
+        None, description="Split <think>...</think> out of the output into reasoning_content (none: off)."
+    )
 
 
 class RouterConfig(_Model):

@@ -18,6 +18,7 @@ def create_engine(cfg: DynamoConfig, info: ModelInfo, model_path: Path, *, insta
             vocab_size=info.vocab_size,
             eos_token_ids=info.eos_token_ids,
             instance_seed=instance_seed,
+            model_path=model_path,
         )
     from dynamo_cli.engines.vllm_engine import VllmEngine
 

@@ -33,6 +33,21 @@ class SamplingOptions:
     min_p: float = 0.0
     # Token id -> bias added to its logit (-100: never sampled; 100: always, as OpenAI describes).
     logit_bias: dict[int, float] | None = None
+    # Log-probabilities, as vLLM's `logprobs`: None for none; k >= 0 for the sampled token's logprob
+    # and the k most likely tokens' (EngineOutput.logprobs). prompt_logprobs: the same for every prompt
+    # token (completions' echo), on the first output.
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None
+    # Structured output, as vLLM's StructuredOutputsParams, exactly one key: {"json": schema (a dict)},
+    # {"json_object": True}, {"regex": str}, {"choice": [str, ...]} or {"grammar": str (EBNF or Lark)}.
+    # The output is valid by construction when it ends on its own (finish "stop"); the engine ends it
+    # when the grammar is complete.
+    structured: dict[str, Any] | None = None
+
+
+# One token's log-probabilities: (the token's own logprob, the top ids, their logprobs), the top ones
+# most likely first (as many as SamplingOptions.logprobs asked for).
+TokenLogprobs = tuple[float, list[int], list[float]]
 
 
 @dataclass(slots=True)
@@ -61,6 +76,11 @@ class EngineOutput:
     kv_transfer_params: dict[str, Any] | None = None
     # Set by a decode worker on a request's first output: where its prefill ran and why (metrics).
     disagg: dict[str, Any] | None = None
+    # With SamplingOptions.logprobs: one entry per token of token_ids.
+    logprobs: list[TokenLogprobs] | None = None
+    # With SamplingOptions.prompt_logprobs, on the first output: one per prompt token (None for the
+    # first, which has no context).
+    prompt_logprobs: list[TokenLogprobs | None] | None = None
 
 
 @dataclass(slots=True)

@@ -33,6 +33,7 @@ from dynamo_cli.engines.base import (
     KvEvent,
     KvEventSink,
     LoadMetrics,
+    TokenLogprobs,
 )
 from dynamo_cli.engines.vllm_nixl import (
     PullPlanner,
@@ -54,6 +55,11 @@ _FINISH: dict[str, FinishReason] = {
     "repetition": "stop",
 }
 
+
+# JSON has no -inf: a logprob vLLM reports as -inf (or NaN) goes out as this.
+LOGPROB_FLOOR = -9999.0
+# SamplingOptions.structured's keys (vLLM's StructuredOutputsParams silently ignores unknown ones).
+STRUCTURED_KINDS = frozenset({"json", "json_object", "regex", "choice", "grammar"})
 
 WORKER_EXTENSION = "dynamo_cli.engines.vllm_worker_ext.DynamoWorkerExtension"
 HANDSHAKE_TIMEOUT_S = 15.0  # vLLM gives up on a side channel that does not answer after 5 s
@@ -123,6 +129,41 @@ class KvEventTranslator:
 
 def _key(h: Any) -> Any:
     return bytes(h) if isinstance(h, (bytearray, memoryview)) else h
+
+
+def _finite(logprob: float) -> float:
+    return logprob if logprob >= LOGPROB_FLOOR else LOGPROB_FLOOR  # also NaN
+
+
+def token_logprobs(token_id: int, entries: dict[int, Any] | None, k: int) -> TokenLogprobs:
+    """One position of vLLM's logprobs: {token id: Logprob(logprob, rank, ...)} holding the chosen
+    token and the top k (the chosen one once if among them) -> (its logprob, top ids, top logprobs)."""
+    if not entries:
+        return LOGPROB_FLOOR, [], []
+    own = entries.get(token_id)
+    ranked = sorted(entries.items(), key=lambda e: e[1].rank)
+    if 0 <= k < len(ranked):  # the chosen token is not in the top k: it is the extra entry
+        ranked = [e for e in ranked if e[0] != token_id][:k]
+    return (
+        _finite(own.logprob) if own is not None else LOGPROB_FLOOR,
+        [tid for tid, _ in ranked],
+        [_finite(lp.logprob) for _, lp in ranked],
+    )
+
+
+def prompt_logprobs(prompt: list[int], entries: list[Any], k: int) -> list[TokenLogprobs | None]:
+    """vLLM's prompt logprobs (None for the first token, which has no context) in our terms."""
+    return [None if e is None else token_logprobs(t, e, k) for t, e in zip(prompt, entries, strict=True)]
+
+
+def _refusal(e: BaseException) -> BaseException | None:
+    """The error if vLLM refused the request itself (a bad parameter, a constraint its structured-output
+    backends cannot compile): the request fails, the engine is fine. None for anything else."""
+    from vllm.exceptions import VLLMClientError
+
+    if type(e).__name__ == "EngineGenerateError" and e.__cause__ is not None:
+        e = e.__cause__  # vLLM wraps what it did not expect, ValueErrors included
+    return e if isinstance(e, (VLLMClientError, ValueError)) else None
 
 
 class VllmEngine(Engine):
@@ -226,12 +267,23 @@ class VllmEngine(Engine):
                 f"vLLM could not load {self.model_path.name}: {e}", hint="see the lines above"
             ) from e
         self.kv_bytes_per_block = self._block_bytes()
+        await self._warm_up()
         self._dead = asyncio.get_running_loop().create_future()
         self._tasks.append(asyncio.create_task(self._watch_health(), name="vllm-health"))
         if endpoint and on_kv_event:
             self._tasks.append(
                 asyncio.create_task(self._relay_events(endpoint, on_kv_event), name="vllm-kv-events")
             )
+
+    async def _warm_up(self) -> None:
+        """One token with logprobs before any work: vLLM compiles its logprob ranking on the first such
+        request (2-15 s on CPU), which would otherwise stall that request and everything batched with it."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(max_tokens=1, logprobs=1, detokenize=False)
+        async for _ in self._engine.generate(TokensPrompt(prompt_token_ids=[0]), params, "dynamo-warm-up"):
+            pass
 
     def kv_peer(self) -> dict[str, Any] | None:
         if not self.disagg or self.side_channel is None or self._engine is None:
@@ -340,9 +392,17 @@ class VllmEngine(Engine):
     def _stream(self, request: EngineRequest, kv: dict[str, Any] | None) -> AsyncIterator[Any]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
-        from vllm.sampling_params import RequestOutputKind
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
         s = request.sampling
+        structured = None
+        if s.structured is not None:
+            if len(s.structured) != 1 or not set(s.structured) <= STRUCTURED_KINDS:
+                raise ValueError(
+                    f"structured output takes exactly one of {', '.join(sorted(STRUCTURED_KINDS))}, "
+                    f"not {', '.join(s.structured) or 'none'}"
+                )
+            structured = StructuredOutputsParams(**s.structured)
         params = SamplingParams(
             n=1,
             max_tokens=s.max_tokens,
@@ -358,6 +418,9 @@ class VllmEngine(Engine):
             repetition_penalty=s.repetition_penalty,
             min_p=s.min_p,
             logit_bias=s.logit_bias or None,
+            logprobs=s.logprobs,
+            prompt_logprobs=s.prompt_logprobs,
+            structured_outputs=structured,
             output_kind=RequestOutputKind.DELTA,
             detokenize=False,
             extra_args={"kv_transfer_params": kv} if kv is not None else None,
@@ -407,7 +470,7 @@ class VllmEngine(Engine):
         info.update(kv_transfer="local", cause=cause, reason=why)
 
     async def generate(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
-        rid = request.request_id
+        rid, s = request.request_id, request.sampling
         kv, info = await self._pulls.plan(request, self.kv_bytes_per_block)
         first = True
         finished = False
@@ -415,16 +478,27 @@ class VllmEngine(Engine):
         try:
             async with contextlib.aclosing(self._outputs(request, kv, info)) as outputs:
                 async for out in outputs:
+                    was_first, first = first, False
                     o = out.outputs[0]
                     reason = _FINISH.get(o.finish_reason) if o.finish_reason else None
                     finished = reason is not None
                     result = EngineOutput(list(o.token_ids), reason)
-                    if first:
+                    if s.logprobs is not None:
+                        result.logprobs = [
+                            token_logprobs(t, e, s.logprobs)
+                            for t, e in zip(result.token_ids, o.logprobs or (), strict=True)
+                        ]
+                    if was_first:
                         result.cached_tokens = out.num_cached_tokens or 0
                         result.disagg = info
-                        first = False
+                        if s.prompt_logprobs is not None and out.prompt_logprobs is not None:
+                            result.prompt_logprobs = prompt_logprobs(
+                                request.prompt_token_ids, out.prompt_logprobs, s.prompt_logprobs
+                            )
                     if reason == "error":
                         result.error = "vLLM failed the request"
+                        if s.structured:  # vLLM compiles a grammar after taking the request
+                            result.error += " (its structured-output constraint may not compile: see the log)"
                     if finished and kv is not None and kv.get("do_remote_decode") and out.kv_transfer_params:
                         result.kv_transfer_params = prefill_result(
                             request, out.kv_transfer_params, self.cfg.disagg.kv_lease_s
@@ -435,7 +509,12 @@ class VllmEngine(Engine):
                 finished = True
                 yield EngineOutput([], "error", error=str(e))
                 return
-            raise
+            refused = _refusal(e) if first else None
+            if refused is None:
+                raise
+            finished = True  # vLLM never took it: nothing to abort
+            logger.info("vLLM refused request %s: %s", rid, refused)
+            yield EngineOutput([], "error", error=f"vLLM refused the request: {refused}")
         finally:
             self._active.discard(rid)
             if not finished:  # the caller went away (or we failed): free the request's blocks

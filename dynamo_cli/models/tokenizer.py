@@ -185,6 +185,19 @@ class ModelTokenizer:
         added = (len(t.get("content", "")) for t in spec.get("added_tokens", []))
         return max(longest, *added, 1)
 
+    def token_bytes(self, token_id: int) -> bytes:
+        """One token's own bytes, as logprobs report them: a special token's text; for byte-level BPE the
+        raw bytes (possibly part of a character); otherwise the piece as decoded alone."""
+        if token_id in self.special_ids or self._byte_table is None:
+            if token_id in self.special_ids:
+                return (self.tokenizer.id_to_token(token_id) or "").encode()
+            piece = self.tokenizer.id_to_token(token_id) or ""
+            if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):  # SentencePiece byte
+                return bytes([int(piece[3:5], 16)])
+            return piece.replace("\u2581", " ").encode()
+        table = self._byte_table
+        return table[token_id] if 0 <= token_id < len(table) else b""
+
     def detokenizer(self, skip_special_tokens: bool = True) -> IncrementalDetokenizer:
         return IncrementalDetokenizer(self, skip_special_tokens)
 

@@ -223,6 +223,8 @@ class RemotePrefill:
 
         if not d.remote_prefill:
             return made(LOCAL, "remote_prefill_off")
+        if request.sampling.prompt_logprobs is not None:  # vLLM recomputes such a prompt whatever it got
+            return made(LOCAL, "prompt_logprobs")
         if d.conditional_disagg and uncached <= d.max_local_prefill_length:
             return made(LOCAL, "prefix_cached" if n > d.max_local_prefill_length else "short_prompt")
         live = self.prefills.ids()

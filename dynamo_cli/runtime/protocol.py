@@ -33,7 +33,15 @@ def load_subject(namespace: str) -> str:
 
 # ---- frontend -> worker: generate -----------------------------------------------------------------
 # Sampling fields sent only when not at their default (most requests use none of them).
-_OPTIONAL = {"presence_penalty": 0.0, "frequency_penalty": 0.0, "repetition_penalty": 1.0, "min_p": 0.0}
+_OPTIONAL: dict[str, Any] = {
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+    "repetition_penalty": 1.0,
+    "min_p": 0.0,
+    "logprobs": None,
+    "prompt_logprobs": None,
+    "structured": None,
+}
 
 
 def encode_generate(req: EngineRequest) -> bytes:
@@ -81,6 +89,13 @@ def decode_generate(data: bytes) -> EngineRequest:
 
 
 def encode_output(out: EngineOutput) -> bytes:
+    if out.logprobs is not None or out.prompt_logprobs is not None:
+        return _pack(
+            (
+                out.token_ids, out.finish_reason, out.cached_tokens, out.error, out.kv_transfer_params,
+                out.disagg, out.logprobs, out.prompt_logprobs,
+            )
+        )  # fmt: skip
     if out.kv_transfer_params is None and out.disagg is None:
         return _pack((out.token_ids, out.finish_reason, out.cached_tokens, out.error))
     return _pack(
@@ -89,7 +104,7 @@ def encode_output(out: EngineOutput) -> bytes:
 
 
 def decode_output(data: bytes) -> EngineOutput:
-    return EngineOutput(*unpack(data))
+    return EngineOutput(*unpack(data))  # logprobs arrive as lists: (lp, ids, lps) is [lp, ids, lps]
 
 
 # ---- worker -> router: KV events and load -----------------------------------------------------------

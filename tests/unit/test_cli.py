@@ -95,7 +95,17 @@ def test_config_show_json_parses(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_cli(["config", "show", "disagg", "--json"], capsys)
     assert code == 0
     data = json.loads(out)
+    parsers = data.pop("parsers_in_force")
     assert data == load_config("disagg", environ={}).model_dump(mode="json")
+    assert parsers.startswith("tool calls: ")
+
+
+def test_config_show_names_the_parsers_in_force(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(["config", "show", "agg", "--set", "frontend.reasoning_parser=qwen3"], capsys)
+    assert code == 0
+    # The embedded SmolLM2's template ignores tools: hermes, with the tools in the system prompt.
+    assert "# parsers in force: tool calls: hermes (the chat template ignores tools" in out
+    assert "reasoning: qwen3" in out
 
 
 def test_config_show_bad_set_value_exits_2_with_one_error_and_a_hint(

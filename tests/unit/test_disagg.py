@@ -63,6 +63,13 @@ def test_long_uncached_prompt_goes_remote_short_one_stays() -> None:
     assert _decide(rp, _req(100)) == ("local", "short_prompt", 100)
 
 
+def test_a_request_for_prompt_logprobs_is_prefilled_locally() -> None:
+    # vLLM computes every prompt token itself when their logprobs are asked: a remote prefill is waste.
+    req = _req(5000)
+    req.sampling.prompt_logprobs = 1
+    assert _decide(_remote(ON), req)[:2] == ("local", "prompt_logprobs")
+
+
 def test_uncached_length_uses_the_workers_own_prefix_hits() -> None:
     rp = _remote(ON)
     req = _req(200)

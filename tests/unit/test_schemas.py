@@ -8,6 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from dynamo_cli.roles.frontend.schemas import (
+    MAX_CHOICES,
     ChatCompletionRequest,
     ChatMessage,
     CompletionRequest,
@@ -103,11 +104,79 @@ def test_out_of_range_sampling_values_are_400_with_their_param(body: dict[str, A
 # ---- _Sampling rules ---------------------------------------------------------------------------------
 
 
-def test_n_other_than_1_is_rejected() -> None:
-    err = chat_error(n=2)
-    assert err.status == 400
-    assert "n=1" in err.message
-    assert ChatCompletionRequest(model="m", messages=USER, n=1).n == 1
+def test_n_is_bounded() -> None:
+    assert ChatCompletionRequest(model="m", messages=USER, n=3).n == 3
+    for n in (0, MAX_CHOICES + 1):
+        err = chat_error(n=n)
+        assert err.status == 400 and err.param == "n"
+
+
+def test_top_logprobs_needs_logprobs_and_is_bounded() -> None:
+    assert "logprobs" in chat_error(top_logprobs=2).message
+    assert chat_error(logprobs=True, top_logprobs=21).param == "top_logprobs"
+    assert ChatCompletionRequest(model="m", messages=USER, logprobs=True, top_logprobs=20).top_logprobs == 20
+
+
+TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+
+
+def test_tool_choice_rules() -> None:
+    assert "tools" in chat_error(tool_choice="required").message
+    named = {"type": "function", "function": {"name": "other"}}
+    assert "not among the tools" in chat_error(tools=[TOOL], tool_choice=named).message
+    assert "same name" in chat_error(tools=[TOOL, TOOL]).message
+    assert chat_error(tools=[{"type": "code_interpreter"}]).param.startswith("tools.0")
+    ok = ChatCompletionRequest(model="m", messages=USER, tools=[TOOL])
+    assert ok.tool_mode == "auto"
+    assert (
+        ChatCompletionRequest(model="m", messages=USER, tools=[TOOL], tool_choice="none").tool_mode == "none"
+    )
+
+
+@pytest.mark.parametrize(
+    ("fields", "spec"),
+    [
+        ({"response_format": {"type": "json_object"}}, {"json_object": True}),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": {"type": "object"}},
+                }
+            },
+            {"json": {"type": "object"}},
+        ),
+        ({"response_format": {"type": "text"}}, None),
+        ({"guided_json": '{"type": "integer"}'}, {"json": {"type": "integer"}}),
+        ({"guided_regex": "[a-z]+"}, {"regex": "[a-z]+"}),
+        ({"guided_choice": ["a", "b"]}, {"choice": ["a", "b"]}),
+        ({"guided_grammar": "root ::= 'x'"}, {"grammar": "root ::= 'x'"}),
+        ({"structured_outputs": {"regex": "\\d+"}}, {"regex": "\\d+"}),
+    ],
+)
+def test_output_constraints_become_one_engine_spec(fields: dict[str, Any], spec: Any) -> None:
+    body = ChatCompletionRequest(model="m", messages=USER, **fields)
+    assert body.structured_spec()[0] == spec
+
+
+def test_two_output_constraints_are_refused() -> None:
+    body = ChatCompletionRequest(
+        model="m", messages=USER, response_format={"type": "json_object"}, guided_regex="a"
+    )
+    with pytest.raises(OpenAIError) as e:
+        body.structured_spec()
+    assert e.value.param == "guided_regex"
+
+
+def test_json_schema_format_needs_a_schema() -> None:
+    err = chat_error(response_format={"type": "json_schema", "json_schema": {"name": "x"}})
+    assert err.status == 400 and "schema" in err.message
+
+
+def test_best_of_other_than_n_is_refused() -> None:
+    with pytest.raises(ValidationError):
+        CompletionRequest(model="m", prompt="x", best_of=3)
+    assert CompletionRequest(model="m", prompt="x", best_of=2, n=2).n == 2
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,8 @@ import random
 from array import array
 from collections import deque
 from collections.abc import AsyncGenerator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import xxhash
 
@@ -29,15 +31,21 @@ from dynamo_cli.engines.base import (
     KvEventSink,
     LoadMetrics,
     SamplingOptions,
+    TokenLogprobs,
 )
+from dynamo_cli.engines.mocker import logprobs
 from dynamo_cli.engines.mocker.pool import BlockPool, BlockTable
 from dynamo_cli.engines.mocker.timing import TimingModel
 from dynamo_cli.kv.hashing import sequence_block_hashes
+
+if TYPE_CHECKING:
+    from dynamo_cli.engines.structured import GrammarSampler
 
 logger = logging.getLogger(__name__)
 
 _WAITING, _RUNNING, _DONE = 0, 1, 2
 _U64 = (1 << 64) - 1
+_LOGPROB_SALT = 0x6C6F6770726F6273  # logprobs draw from their own RNG: asking for them changes no token
 
 
 def _tokens_digest(tokens: Sequence[int], seed: int = 0) -> int:
@@ -56,14 +64,17 @@ class _Request:
         "forced",
         "id",
         "k",
+        "lp_rng",
         "num_computed",
         "num_output",
         "offset",
         "pending",
+        "pending_lp",
         "prompt_len",
         "remote_decode",
         "remote_tokens",
         "rng",
+        "sampler",
         "sampling",
         "state",
         "stop_ids",
@@ -93,6 +104,9 @@ class _Request:
         self.cached_tokens = 0
         self.first_sent = False
         self.pending: list[int] = []  # tokens not yet handed to the consumer
+        self.pending_lp: list[TokenLogprobs] = []  # their logprobs, when asked for
+        self.lp_rng: random.Random | None = None  # set when logprobs are asked for
+        self.sampler: GrammarSampler | None = None  # structured output
         self.finish: FinishReason | None = None
         self.error: str | None = None
         self.waiter: asyncio.Future[None] | None = None
@@ -113,12 +127,21 @@ class MockerEngine(Engine):
 
     ``vocab_size`` and ``eos_token_ids`` come from the model (``cfg.vocab_size`` overrides the
     former); ``instance_seed`` seeds unseeded sampling, so a worker's run is reproducible.
+    ``model_path``: the model folder, whose tokenizer structured output needs (without it, structured
+    requests fail with an error).
     """
 
     def __init__(
-        self, cfg: MockerConfig, *, vocab_size: int, eos_token_ids: list[int], instance_seed: int = 0
+        self,
+        cfg: MockerConfig,
+        *,
+        vocab_size: int,
+        eos_token_ids: list[int],
+        instance_seed: int = 0,
+        model_path: Path | None = None,
     ) -> None:
         self.cfg = cfg
+        self._model_path = model_path
         self.block_size = cfg.block_size
         self._vocab = cfg.vocab_size if cfg.vocab_size is not None else vocab_size
         self._eos_id = eos_token_ids[0] if eos_token_ids else None
@@ -146,7 +169,11 @@ class MockerEngine(Engine):
         self._ensure_task()
 
     async def generate(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
-        req = self._submit(request)
+        sampler: GrammarSampler | None = None
+        error: str | None = None
+        if request.sampling.structured is not None:
+            sampler, error = await self._grammar_sampler(request.sampling.structured)
+        req = self._submit(request, sampler, error)
         loop = asyncio.get_running_loop()
         try:
             while True:
@@ -156,6 +183,8 @@ class MockerEngine(Engine):
                     req.waiter = None
                 out = EngineOutput(token_ids=req.pending, finish_reason=req.finish, error=req.error)
                 req.pending = []
+                if req.lp_rng is not None:  # one entry per token of this output
+                    out.logprobs, req.pending_lp = req.pending_lp, []
                 if req.remote_decode and req.finish is not None and req.error is None:
                     # As with vLLM's NixlConnector, a decode worker takes over the KV of every prompt
                     # token but the last, which it computes itself to sample the first output token.
@@ -163,6 +192,11 @@ class MockerEngine(Engine):
                 if not req.first_sent:
                     req.first_sent = True
                     out.cached_tokens = req.cached_tokens
+                    k = req.sampling.prompt_logprobs
+                    if k is not None and req.error is None:  # a function of the prompt, as a model's
+                        prompt = req.tokens[: req.prompt_len]
+                        seed = _tokens_digest(prompt, _LOGPROB_SALT)
+                        out.prompt_logprobs = logprobs.prompt_logprobs(prompt, k, self._vocab, seed)
                 yield out
                 if out.finish_reason is not None:
                     return
@@ -200,15 +234,20 @@ class MockerEngine(Engine):
         """Forget every cached block (emits a "cleared" KV event)."""
         self._pool.clear()
 
+    def _window_token(self, req: _Request, index: int) -> int:
+        """The token at ``index`` (modulo its size) of the request's candidate window."""
+        token = (req.offset + index % req.k) % self._num_candidates
+        for eos in self._eos_skip:
+            if token >= eos:
+                token += 1
+        return token
+
     def _candidate(self, req: _Request, index: int) -> int:
         """The token at ``index`` of the request's candidate window, or the next one logit_bias does
         not ban (all banned: the one drawn, as a -100 bias only lowers a logit)."""
         first = -1
         for j in range(min(req.k, len(req.banned) + 1)):
-            token = (req.offset + (index + j) % req.k) % self._num_candidates
-            for eos in self._eos_skip:
-                if token >= eos:
-                    token += 1
+            token = self._window_token(req, index + j)
             if token not in req.banned:
                 return token
             first = token if first < 0 else first
@@ -216,9 +255,26 @@ class MockerEngine(Engine):
 
     # -- submission and completion --------------------------------------------------------------
 
-    def _submit(self, request: EngineRequest) -> _Request:
+    async def _grammar_sampler(self, spec: dict[str, Any]) -> tuple[GrammarSampler | None, str | None]:
+        """The grammar state of a structured request, built off the event loop (the first request of
+        a model also loads its tokenizer); or why there is none."""
+        folder = self._model_path
+        if folder is None:
+            return None, "structured output needs the model's tokenizer; this mocker has no model folder"
+        from dynamo_cli.engines.structured import GrammarSampler, StructuredError, grammar_tokenizer
+        from dynamo_cli.errors import DynamoError
+
+        try:
+            return await asyncio.to_thread(lambda: GrammarSampler(grammar_tokenizer(folder), spec)), None
+        except (StructuredError, DynamoError) as e:
+            return None, f"structured output: {e}"
+
+    def _submit(
+        self, request: EngineRequest, sampler: GrammarSampler | None = None, error: str | None = None
+    ) -> _Request:
         req = _Request(request)
-        error = self._reject_reason(req)
+        req.sampler = sampler
+        error = self._reject_reason(req) or error
         if error is not None:
             req.finish, req.error, req.state = "error", error, _DONE
             return req
@@ -230,6 +286,8 @@ class MockerEngine(Engine):
         else:
             seed = self._rng.getrandbits(64)
         rng = req.rng = random.Random(seed)
+        if s.logprobs is not None:
+            req.lp_rng = random.Random(seed ^ _LOGPROB_SALT)
         n = self._num_candidates
         k = n if s.top_p >= 1.0 else max(1, math.ceil(s.top_p * n))
         if s.top_k > 0:
@@ -406,9 +464,9 @@ class MockerEngine(Engine):
             if caching:
                 pool.commit(req.table, req.tokens, req.num_computed)
             if req.num_computed == len(req.tokens):
-                reason = self._sample(req)
+                reason = self._sample(req) if req.sampler is None else self._sample_structured(req)
                 if reason is not None:
-                    self._finish(req, reason, detach=False)
+                    self._finish(req, reason, req.error, detach=False)
                     any_done = True
                 else:
                     req.wake()
@@ -436,9 +494,56 @@ class MockerEngine(Engine):
             token = req.forced if req.forced is not None else self._candidate(req, int(rng.random() * req.k))
             if can_stop and token in req.stop_ids:
                 reason = "stop"
-        req.tokens.append(token)
-        req.pending.append(token)
-        req.num_output += 1
+        self._append(req, token)
         if reason is None and req.num_output >= s.max_tokens:
             reason = "length"
         return reason
+
+    def _sample_structured(self, req: _Request) -> FinishReason | None:
+        """``_sample`` under a grammar: the token is one it allows; its end (EOS) stops the request,
+        even before min_tokens or with ignore_eos, since no other token is valid then."""
+        from dynamo_cli.engines.structured import StructuredError
+
+        s = req.sampling
+        sampler = req.sampler
+        assert sampler is not None and req.rng is not None
+        can_stop = not s.ignore_eos and req.num_output >= s.min_tokens
+        try:
+            token = sampler.next_token(
+                req.rng,
+                progress=req.num_output / s.max_tokens,
+                can_stop=can_stop,
+                banned=req.banned,
+                forced=req.forced,
+            )
+        except StructuredError as e:
+            req.error = f"structured output: {e}"
+            return "error"
+        reason: FinishReason | None = "stop" if sampler.finished else None
+        if token is None:  # the grammar ended and the model has no EOS token to say so
+            return reason
+        if can_stop and token in req.stop_ids:
+            reason = "stop"
+        self._append(req, token)
+        if reason is None and req.num_output >= s.max_tokens:
+            reason = "length"
+        return reason
+
+    def _append(self, req: _Request, token: int) -> None:
+        req.tokens.append(token)
+        req.pending.append(token)
+        req.num_output += 1
+        if req.lp_rng is not None:
+            req.pending_lp.append(self._token_logprobs(req, token))
+
+    def _token_logprobs(self, req: _Request, token: int) -> TokenLogprobs:
+        """Logprobs of a sampled token; the alternatives come from the tokens it was drawn among."""
+        rng, k = req.lp_rng, req.sampling.logprobs
+        assert rng is not None and k is not None
+        if req.sampler is not None:
+            allowed = req.sampler.allowed
+            count, at = len(allowed), lambda i: int(allowed[i])
+        else:
+            count, at = req.k, lambda i: self._window_token(req, i)
+        others, covers_all = logprobs.pick_alternatives(rng, token, k, count, at, req.banned)
+        return logprobs.sampled_logprobs(rng, token, k, others, covers_all)

@@ -197,10 +197,16 @@ class RequestLimits:
                 if len(tools) > self.max_tools:
                     raise _too_many(key, len(tools), self.max_tools, "max_tools", "tools")
                 self._check_schema(key, tools)
-        fmt = data.get("response_format")
-        if isinstance(fmt, dict):
-            self._check_schema("response_format", fmt)
-        if chat:
+        for key in ("response_format", "guided_json", "structured_outputs", "text", "guided_grammar"):
+            value = data.get(key)
+            if isinstance(value, (dict, str)):
+                self._check_schema(key, value)
+        if chat and "messages" not in data and "input" in data:  # /v1/responses
+            if isinstance(data["input"], str):
+                self.check_text(len(data["input"]), "input")
+            else:
+                self._precheck_messages(data["input"], "input")
+        elif chat:
             self._precheck_messages(data.get("messages"))
         else:
             self._precheck_prompt(data.get("prompt"))
@@ -236,11 +242,11 @@ class RequestLimits:
                 code="limit_exceeded",
             )
 
-    def _precheck_messages(self, messages: Any) -> None:
+    def _precheck_messages(self, messages: Any, param: str = "messages") -> None:
         if not isinstance(messages, list):
             return  # validation names the problem
         if len(messages) > self.max_messages:
-            raise _too_many("messages", len(messages), self.max_messages, "max_messages", "messages")
+            raise _too_many(param, len(messages), self.max_messages, "max_messages", "messages")
         chars = 0
         for m in messages:
             content = m.get("content") if isinstance(m, dict) else None
@@ -251,7 +257,7 @@ class RequestLimits:
                     text = part.get("text") if isinstance(part, dict) else None
                     if isinstance(text, str):
                         chars += len(text)
-        self.check_text(chars, "messages")
+        self.check_text(chars, param)
 
     def _precheck_prompt(self, prompt: Any) -> None:
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):

@@ -54,6 +54,12 @@ class FrontendMetrics:
         self.output_tokens = Counter(
             "dynamo_frontend_output_tokens", "Generated tokens", ["model"], registry=r
         ).labels(model)
+        self.unknown_fields = Counter(
+            "dynamo_frontend_unknown_fields",
+            "Request fields not recognised (ignored, as vLLM does), by name",
+            ["model", "field"],
+            registry=r,
+        )
         self.retries = Counter(
             "dynamo_frontend_worker_retries",
             "Requests moved to another worker before starting",

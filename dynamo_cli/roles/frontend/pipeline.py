@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
-from dynamo_cli.engines.base import EngineOutput, EngineRequest, SamplingOptions
+from dynamo_cli.engines.base import EngineOutput, EngineRequest, SamplingOptions, TokenLogprobs
 from dynamo_cli.models.tokenizer import ModelTokenizer
 from dynamo_cli.roles.frontend.client import WorkerClient
 from dynamo_cli.roles.frontend.metrics import FrontendMetrics
@@ -27,11 +28,27 @@ class Generation:
     sampling: SamplingOptions
     stops: list[str]
     skip_special_tokens: bool
+    include_stop_str: bool = False
+    index: int = 0  # the choice's index (n > 1)
     finish_reason: str | None = None
     completion_tokens: int = 0
     cached_tokens: int = 0
     started: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
+    # With logprobs: (token id, its logprobs) of the tokens whose text has been yielded since the last
+    # take_logprobs() (a consumer takes them with each text delta).
+    logprob_entries: list[tuple[int, TokenLogprobs]] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprobs | None] | None = None
+
+    def take_logprobs(self) -> list[tuple[int, TokenLogprobs]]:
+        taken, self.logprob_entries = self.logprob_entries, []
+        return taken
+
+    def choice(self, index: int, request_id: str) -> Generation:
+        """Choice ``index`` of n: its own request (id, and seed + index when seeded)."""
+        seed = self.sampling.seed
+        sampling = replace(self.sampling, seed=None if seed is None else seed + index)
+        return replace(self, request_id=request_id, sampling=sampling, index=index, logprob_entries=[])
 
     @property
     def prompt_tokens(self) -> int:
@@ -47,7 +64,12 @@ class Generation:
 
 
 def build_generation(
-    request_id: str, prompt_ids: list[int], body: _Sampling, tok: ModelTokenizer
+    request_id: str,
+    prompt_ids: list[int],
+    body: _Sampling,
+    tok: ModelTokenizer,
+    *,
+    structured: dict[str, Any] | None = None,
 ) -> Generation:
     n = len(prompt_ids)
     limit = tok.context_length
@@ -87,8 +109,25 @@ def build_generation(
         repetition_penalty=body.repetition_penalty,
         min_p=body.min_p,
         logit_bias=bias,
+        structured=structured,
     )
-    return Generation(request_id, prompt_ids, sampling, body.stop_list, body.skip_special_tokens)
+    logprobs = getattr(body, "logprobs", None)
+    if isinstance(logprobs, bool):  # chat: logprobs true, top_logprobs k
+        sampling.logprobs = (getattr(body, "top_logprobs", None) or 0) if logprobs else None
+    else:  # completions: logprobs k; echo shows the prompt's too
+        sampling.logprobs = logprobs
+        prompt_lp = getattr(body, "prompt_logprobs", None)
+        if prompt_lp is None and logprobs is not None and getattr(body, "echo", False):
+            prompt_lp = logprobs
+        sampling.prompt_logprobs = prompt_lp
+    return Generation(
+        request_id,
+        prompt_ids,
+        sampling,
+        body.stop_list,
+        body.skip_special_tokens,
+        include_stop_str=body.include_stop_str_in_output,
+    )
 
 
 async def run_generation(
@@ -104,12 +143,17 @@ async def run_generation(
     outputs: AsyncGenerator[EngineOutput, None] = client.generate(
         model, EngineRequest(gen.request_id, gen.prompt_ids, gen.sampling)
     )
+    want_logprobs = gen.sampling.logprobs is not None
     try:
         async for out in outputs:
             now = time.perf_counter()
             n_new = len(out.token_ids)
             if out.cached_tokens is not None:
                 gen.cached_tokens = out.cached_tokens
+            if want_logprobs and out.logprobs:
+                gen.logprob_entries.extend(zip(out.token_ids, out.logprobs, strict=False))
+            if out.prompt_logprobs is not None:
+                gen.prompt_logprobs = out.prompt_logprobs
             if out.disagg is not None:
                 metrics.count_disagg(out.disagg)
             if n_new:
@@ -129,8 +173,10 @@ async def run_generation(
                 text += detok.flush()
             if stops:
                 buf = held + text
-                cut = min((i for s in stops if (i := buf.find(s)) >= 0), default=-1)
+                cut, end = min(((i, i + len(s)) for s in stops if (i := buf.find(s)) >= 0), default=(-1, -1))
                 if cut >= 0:
+                    if gen.include_stop_str:
+                        cut = end
                     if cut:
                         yield buf[:cut]
                     gen.finish_reason = "stop"

@@ -22,6 +22,7 @@ from dynamo_cli.roles.frontend.client import WorkerClient
 from dynamo_cli.roles.frontend.limits import MIB, RequestLimits
 from dynamo_cli.roles.frontend.metrics import FrontendMetrics
 from dynamo_cli.roles.frontend.parsing import BodyParser
+from dynamo_cli.roles.frontend.prepare import ChatSetup
 from dynamo_cli.roles.frontend.server import FrontendState, build_app
 from dynamo_cli.runtime import protocol
 from dynamo_cli.runtime.prefill_queue import PrefillQueue
@@ -116,7 +117,9 @@ class FrontendRole(Role):
             self._pool,
             max_body=int(fcfg.max_body_mb * MIB),
             routing=self.service,
+            setup=ChatSetup.resolve(fcfg, tokenizer),
         )
+        logger.info("frontend parsers: %s", state.setup.describe())
         config = uvicorn.Config(
             build_app(state),
             log_level="warning",

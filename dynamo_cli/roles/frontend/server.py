@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -19,17 +19,23 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from dynamo_cli.engines.base import TokenLogprobs
 from dynamo_cli.errors import UsageError
 from dynamo_cli.models.tokenizer import ModelTokenizer
 from dynamo_cli.roles.frontend.client import WorkerClient, WorkerFailure
+from dynamo_cli.roles.frontend.fields import Endpoint, UnknownFields, check_refused
 from dynamo_cli.roles.frontend.limits import BodyLimit
 from dynamo_cli.roles.frontend.metrics import FrontendMetrics
+from dynamo_cli.roles.frontend.outputs import ChoiceShaper, LogprobFormatter, call_delta
 from dynamo_cli.roles.frontend.parsing import BodyParser
 from dynamo_cli.roles.frontend.pipeline import Generation, build_generation, new_request_id, run_generation
+from dynamo_cli.roles.frontend.prepare import ChatSetup, Prepared, prepare
+from dynamo_cli.roles.frontend.responses import ResponseEvents, ResponseShape, ResponsesRequest, to_chat
 from dynamo_cli.roles.frontend.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
     OpenAIError,
+    _Req,
     _Sampling,
     validation_error,
 )
@@ -60,6 +66,7 @@ class FrontendState:
     preprocess: ThreadPoolExecutor
     max_body: int  # bytes (frontend.max_body_mb)
     routing: RoutingService | None = None  # the embedded router, if any
+    setup: ChatSetup = field(default_factory=lambda: ChatSetup("hermes", False, None))  # parsers in force
 
 
 def json_response(body: Any, status: int = 200) -> Response:
@@ -123,32 +130,122 @@ def _sse(obj: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
+def _sse_event(obj: dict[str, Any]) -> bytes:
+    """A Responses API event: its type named on the event line too."""
+    return b"event: " + obj["type"].encode() + b"\ndata: " + orjson.dumps(obj) + b"\n\n"
+
+
+ENDPOINTS: dict[str, Endpoint] = {"chatcmpl": "chat", "cmpl": "completions", "resp": "responses"}
+
+
+@dataclass
+class ChoiceRun:
+    """One choice of a request (n > 1: one generation each, sharing the prompt's cached KV)."""
+
+    gen: Generation
+    shaper: ChoiceShaper
+    deltas: AsyncIterator[str]
+    first: str | None = None
+    started: bool = False
+
+    async def start(self) -> None:
+        try:
+            self.first = await self.deltas.__anext__()
+        except StopAsyncIteration:
+            self.first = None
+        self.started = True
+
+    async def texts(self) -> AsyncIterator[str]:
+        if self.first:
+            yield self.first
+        async for text in self.deltas:
+            yield text
+
+    async def collect(self) -> None:
+        async for text in self.texts():
+            self.shaper.feed(text)
+        self.shaper.finish()
+
+    async def close(self) -> None:
+        await self.deltas.aclose()  # type: ignore[attr-defined]
+
+
+async def _all(runs: list[ChoiceRun], work: Callable[[ChoiceRun], Awaitable[None]]) -> None:
+    """``work`` on every choice at once; the first failure cancels the others and is raised."""
+    if len(runs) == 1:
+        await work(runs[0])
+        return
+    tasks = [asyncio.ensure_future(work(r)) for r in runs]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+async def _interleaved(runs: list[ChoiceRun]) -> AsyncIterator[tuple[ChoiceRun, str | None]]:
+    """Every choice's text deltas as they come, (run, None) when a choice ends."""
+    if len(runs) == 1:
+        run = runs[0]
+        async for text in run.texts():
+            yield run, text
+        yield run, None
+        return
+    queue: asyncio.Queue[tuple[ChoiceRun, str | None, BaseException | None]] = asyncio.Queue()
+
+    async def pump(run: ChoiceRun) -> None:
+        try:
+            async for text in run.texts():
+                await queue.put((run, text, None))
+            await queue.put((run, None, None))
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:
+            await queue.put((run, None, e))
+
+    tasks = [asyncio.ensure_future(pump(r)) for r in runs]
+    try:
+        left = len(runs)
+        while left:
+            run, delta, error = await queue.get()
+            if error is not None:
+                raise error
+            if delta is None:
+                left -= 1
+            yield run, delta
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
 class Api:
     def __init__(self, state: FrontendState):
         self.s = state
+        self.unknown = UnknownFields(
+            lambda name: state.metrics.unknown_fields.labels(state.model, name).inc()
+        )
+        self.logprobs = LogprobFormatter(state.tokenizer)
 
     # ---- common -----------------------------------------------------------------------------------
-    async def _parse(self, request: Request, model_cls: type[_Sampling]) -> tuple[_Sampling, int]:
-        """The validated request, and its body's size."""
+    async def _parse(
+        self, request: Request, model_cls: type[_Req], endpoint: Endpoint
+    ) -> tuple[Any, int, dict[str, Any]]:
+        """The validated request, its body's size, and the body as parsed."""
         body = await request.body()
-        data = await self.s.parser.parse(body, chat=model_cls is ChatCompletionRequest)
+        data = await self.s.parser.parse(body, chat=endpoint != "completions")
+        if isinstance(data, dict):
+            check_refused(data, endpoint)
+            self.unknown.note(data, endpoint)
         try:
             parsed = model_cls.model_validate(data)
         except ValidationError as e:
             raise validation_error(e) from None
-        if parsed.model != self.s.model:
+        if parsed.model != self.s.model:  # type: ignore[attr-defined]
             raise OpenAIError(
-                404, f"the model '{parsed.model}' does not exist; this server has '{self.s.model}'",
+                404, f"the model '{parsed.model}' does not exist; this server has '{self.s.model}'",  # type: ignore[attr-defined]
                 param="model", code="model_not_found",
             )  # fmt: skip
-        return parsed, len(body)
-
-    async def _first(self, deltas: AsyncIterator[str]) -> str | None:
-        """Start the generation: routing errors surface here, before any byte is sent."""
-        try:
-            return await deltas.__anext__()
-        except StopAsyncIteration:
-            return None
+        return parsed, len(body), data
 
     def _translate(self, e: BaseException) -> OpenAIError:
         if isinstance(e, OpenAIError):
@@ -162,6 +259,23 @@ class Api:
         logger.exception("unexpected error")
         return OpenAIError(500, f"internal error: {type(e).__name__}: {e}", code="internal")
 
+    async def _prepare(self, body: _Sampling, size: int) -> Prepared:
+        args = (body, self.s.tokenizer, self.s.parser.limits, self.s.setup)
+        if size <= INLINE_PREPROCESS_BYTES:
+            return prepare(*args)
+        return await asyncio.get_running_loop().run_in_executor(self.s.preprocess, prepare, *args)
+
+    def _runs(self, body: _Sampling, prep: Prepared, kind: str) -> list[ChoiceRun]:
+        base = build_generation(
+            new_request_id(kind), prep.prompt_ids, body, self.s.tokenizer, structured=prep.structured
+        )
+        gens = [base] if body.n == 1 else [base.choice(i, f"{base.request_id}-{i}") for i in range(body.n)]
+        s = self.s
+        return [
+            ChoiceRun(g, prep.shaper(s.setup), run_generation(g, s.model, s.client, s.tokenizer, s.metrics))
+            for g in gens
+        ]
+
     async def _handle(
         self, request: Request, endpoint: str, model_cls: type[_Sampling], kind: str
     ) -> Response:
@@ -169,28 +283,41 @@ class Api:
         m.inflight.inc()
         t0 = time.perf_counter()
         status = 200
+        runs: list[ChoiceRun] = []
         try:
             try:
-                body, size = await self._parse(request, model_cls)
-                if size <= INLINE_PREPROCESS_BYTES:
-                    prompt_ids = self._prompt_ids(body)
+                shape: ResponseShape | None = None
+                if kind == "resp":
+                    raw, size, data = await self._parse(request, ResponsesRequest, "responses")
+                    data = to_chat(raw, data)
+                    try:
+                        body = ChatCompletionRequest.model_validate(data)
+                    except ValidationError as e:
+                        raise validation_error(e) from None
+                    shape = ResponseShape(raw, body, self.s.model)
                 else:
-                    loop = asyncio.get_running_loop()
-                    prompt_ids = await loop.run_in_executor(self.s.preprocess, self._prompt_ids, body)
-                gen = build_generation(new_request_id(kind), prompt_ids, body, self.s.tokenizer)
-                deltas = run_generation(gen, self.s.model, self.s.client, self.s.tokenizer, m)
+                    body, size, _ = await self._parse(request, model_cls, ENDPOINTS[kind])
+                prep = await self._prepare(body, size)
+                runs = self._runs(body, prep, kind)
                 if body.stream:
-                    disconnected, first = await _race_disconnect(request.receive, self._first(deltas))
+                    # Start every choice first: routing errors surface here, before any byte is sent.
+                    disconnected, _ = await _race_disconnect(request.receive, _all(runs, ChoiceRun.start))
                     if disconnected:
-                        await deltas.aclose()  # type: ignore[attr-defined]
                         status = 499
                         return Response(status_code=499)
-                    return SSEResponse(self._stream(gen, body, kind, first, deltas))
-                disconnected, text = await _race_disconnect(request.receive, self._collect(deltas))
+                    if shape is not None:
+                        stream = self._response_stream(runs[0], shape)
+                    else:
+                        stream = self._stream(runs, body, kind, prep)
+                    runs = []
+                    return SSEResponse(stream)
+                disconnected, _ = await _race_disconnect(request.receive, _all(runs, ChoiceRun.collect))
                 if disconnected:
                     status = 499
                     return Response(status_code=499)
-                return json_response(self._full(gen, kind, text))
+                if shape is not None:
+                    return json_response(shape.full(runs[0].gen, runs[0].shaper))
+                return json_response(self._full(runs, kind, prep))
             except BaseException as e:
                 if isinstance(e, asyncio.CancelledError):
                     raise
@@ -198,105 +325,151 @@ class Api:
                 status = err.status
                 return error_response(err)
         finally:
+            for run in runs:
+                await run.close()
             m.inflight.dec()
             m.count(endpoint, status)
             m.duration.observe(time.perf_counter() - t0)
 
-    def _prompt_ids(self, body: _Sampling) -> list[int]:
-        """Template and tokenise (in the preprocessing pool): the prompt's token ids."""
-        tok = self.s.tokenizer
-        if isinstance(body, ChatCompletionRequest):
-            try:
-                messages = [{**m.model_dump(exclude_none=True), "content": m.text()} for m in body.messages]
-            except ValueError as e:
-                raise OpenAIError(400, str(e), param="messages", code="invalid_value") from None
-            text = tok.render_chat(
-                messages,
-                add_generation_prompt=body.add_generation_prompt,
-                **(body.chat_template_kwargs or {}),
-            )
-            self.s.parser.limits.check_text(len(text), "messages")  # tools and template text count too
-            ids = tok.encode(text, add_special_tokens=False)  # the template writes BOS where wanted
-            param = "messages"
-        else:
-            assert isinstance(body, CompletionRequest)
-            prompt = body.prompt
-            param = "prompt"
-            if isinstance(prompt, str):
-                ids = tok.encode(prompt, add_special_tokens=True)
+    @staticmethod
+    def _usage(runs: list[ChoiceRun]) -> dict[str, Any]:
+        usage = runs[0].gen.usage()
+        if len(runs) > 1:
+            out = sum(r.gen.completion_tokens for r in runs)
+            usage["completion_tokens"] = out
+            usage["total_tokens"] = usage["prompt_tokens"] + out
+        return usage
+
+    def _prompt_entries(self, gen: Generation) -> list[tuple[int, TokenLogprobs | None]]:
+        return list(zip(gen.prompt_ids, gen.prompt_logprobs or [None] * len(gen.prompt_ids), strict=False))
+
+    def _full(self, runs: list[ChoiceRun], kind: str, prep: Prepared) -> dict[str, Any]:
+        choices = []
+        for run in runs:
+            gen, shaper = run.gen, run.shaper
+            want_lp = gen.sampling.logprobs is not None
+            if kind == "chatcmpl":
+                choice: dict[str, Any] = {
+                    "index": gen.index,
+                    "message": shaper.message(),
+                    "logprobs": self.logprobs.chat(gen.logprob_entries) if want_lp else None,
+                    "finish_reason": shaper.finish_reason(gen.finish_reason),
+                }
             else:
-                if any(not isinstance(t, int) or t < 0 or t >= tok.vocab_size for t in prompt):
-                    raise OpenAIError(
-                        400, f"prompt token ids must be in [0, {tok.vocab_size})", param="prompt",
-                        code="invalid_value",
-                    )  # fmt: skip
-                ids = list(prompt)  # type: ignore[arg-type]
-        if not ids:
-            raise OpenAIError(400, "the prompt is empty (it has no tokens)", param=param, code="empty_prompt")
-        return ids
-
-    async def _collect(self, deltas: AsyncIterator[str]) -> str:
-        return "".join([d async for d in deltas])
-
-    def _full(self, gen: Generation, kind: str, text: str) -> dict[str, Any]:
-        if kind == "chatcmpl":
-            choice: dict[str, Any] = {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "logprobs": None,
-                "finish_reason": gen.finish_reason,
-            }
-            obj = "chat.completion"
-        else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": gen.finish_reason}
-            obj = "text_completion"
+                text = "".join(shaper.content)
+                entries: list[tuple[int, TokenLogprobs | None]] = list(gen.logprob_entries)
+                if prep.prompt_text is not None:
+                    text = prep.prompt_text + text
+                    if gen.prompt_logprobs is not None:
+                        entries = self._prompt_entries(gen) + entries
+                lp = self.logprobs.completion(entries, 0)[0] if want_lp else None
+                choice = {
+                    "index": gen.index,
+                    "text": text,
+                    "logprobs": lp,
+                    "finish_reason": gen.finish_reason,
+                }
+                if gen.prompt_logprobs is not None and prep.prompt_text is None:
+                    choice["prompt_logprobs"] = self._vllm_prompt_logprobs(gen)
+            choices.append(choice)
         return {
-            "id": gen.request_id,
-            "object": obj,
+            "id": runs[0].gen.request_id.rsplit("-", 1)[0] if len(runs) > 1 else runs[0].gen.request_id,
+            "object": "chat.completion" if kind == "chatcmpl" else "text_completion",
             "created": int(time.time()),
             "model": self.s.model,
-            "choices": [choice],
-            "usage": gen.usage(),
+            "choices": choices,
+            "usage": self._usage(runs),
         }
 
+    def _vllm_prompt_logprobs(self, gen: Generation) -> list[dict[str, Any] | None]:
+        """vLLM's `prompt_logprobs`: per prompt token, None or {token id: {logprob, rank, decoded_token}}."""
+        out: list[dict[str, Any] | None] = []
+        for token_id, lps in self._prompt_entries(gen):
+            if lps is None:
+                out.append(None)
+                continue
+            lp, ids, top = lps
+            entry = {str(token_id): {"logprob": lp, "decoded_token": self.s.tokenizer.decode([token_id])}}
+            for rank, (tid, tlp) in enumerate(zip(ids, top, strict=False), 1):
+                entry.setdefault(str(tid), {"logprob": tlp, "decoded_token": self.s.tokenizer.decode([tid])})
+                entry[str(tid)]["rank"] = rank
+            out.append(entry)
+        return out
+
+    async def _response_stream(self, run: ChoiceRun, shape: ResponseShape) -> AsyncIterator[bytes]:
+        events = ResponseEvents(shape)
+        try:
+            for event in events.start():
+                yield _sse_event(event)
+            async for _, text in _interleaved([run]):
+                piece = run.shaper.finish() if text is None else run.shaper.feed(text)
+                for event in events.piece(piece):
+                    yield _sse_event(event)
+            for event in events.finish(run.gen):
+                yield _sse_event(event)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            err = self._translate(e)
+            yield _sse_event(events._event("error", message=err.message, code=err.code, param=err.param))
+        finally:
+            await run.close()
+
     async def _stream(
-        self, gen: Generation, body: _Sampling, kind: str, first: str | None, deltas: AsyncIterator[str]
+        self, runs: list[ChoiceRun], body: _Sampling, kind: str, prep: Prepared
     ) -> AsyncIterator[bytes]:
         created = int(time.time())
         chat = kind == "chatcmpl"
         obj = "chat.completion.chunk" if chat else "text_completion"
-        head = {"id": gen.request_id, "object": obj, "created": created, "model": self.s.model}
+        rid = runs[0].gen.request_id.rsplit("-", 1)[0] if len(runs) > 1 else runs[0].gen.request_id
+        head = {"id": rid, "object": obj, "created": created, "model": self.s.model}
+        fmt = self.logprobs
+        offsets = dict.fromkeys(range(len(runs)), 0)
 
-        def chunk(text: str | None, finish: str | None) -> bytes:
-            if chat:
-                delta = {} if text is None else {"content": text}
-                choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-            else:
-                choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+        def completion_chunk(gen: Generation, text: str, finish: str | None, entries: list[Any]) -> bytes:
+            lp = None
+            if gen.sampling.logprobs is not None:
+                lp, offsets[gen.index] = fmt.completion(entries, offsets[gen.index])
+            choice = {"index": gen.index, "text": text, "logprobs": lp, "finish_reason": finish}
+            return _sse({**head, "choices": [choice]})
+
+        def chat_chunk(gen: Generation, delta: dict[str, Any], finish: str | None, lp: Any) -> bytes:
+            choice = {"index": gen.index, "delta": delta, "logprobs": lp, "finish_reason": finish}
             return _sse({**head, "choices": [choice]})
 
         try:
-            if chat:
-                yield _sse(
-                    {
-                        **head,
-                        "choices": [
-                            {
-                                "index": 0,
-                                "delta": {"role": "assistant", "content": ""},
-                                "logprobs": None,
-                                "finish_reason": None,
-                            }
-                        ],
-                    }
-                )
-            if first:
-                yield chunk(first, None)
-            async for text in deltas:
-                yield chunk(text, None)
-            yield chunk(None if chat else "", gen.finish_reason)
+            for run in runs:
+                gen = run.gen
+                if chat:
+                    yield chat_chunk(gen, {"role": "assistant", "content": ""}, None, None)
+                elif prep.prompt_text is not None:  # echo: the prompt comes first
+                    echoed = self._prompt_entries(gen) if gen.prompt_logprobs is not None else []
+                    yield completion_chunk(gen, prep.prompt_text, None, echoed)
+            async for run, text in _interleaved(runs):
+                gen, shaper = run.gen, run.shaper
+                want_lp = gen.sampling.logprobs is not None
+                ended = text is None
+                piece = shaper.finish() if ended else shaper.feed(text)  # type: ignore[arg-type]
+                entries = gen.take_logprobs() if want_lp else []
+                if chat:
+                    delta: dict[str, Any] = {}
+                    if piece.reasoning:
+                        delta["reasoning_content"] = piece.reasoning
+                    if piece.content:
+                        delta["content"] = piece.content
+                    if piece.calls:
+                        delta["tool_calls"] = [call_delta(d) for d in piece.calls]
+                    if delta or entries:
+                        yield chat_chunk(gen, delta, None, fmt.chat(entries) if want_lp else None)
+                    if ended:
+                        yield chat_chunk(gen, {}, shaper.finish_reason(gen.finish_reason), None)
+                else:
+                    if piece.content or entries:
+                        yield completion_chunk(gen, piece.content, None, entries)
+                    if ended:
+                        yield completion_chunk(gen, "", gen.finish_reason, [])
             if body.include_usage:
-                yield _sse({**head, "choices": [], "usage": gen.usage()})
+                yield _sse({**head, "choices": [], "usage": self._usage(runs)})
             yield _DONE
         except asyncio.CancelledError:
             raise
@@ -304,7 +477,8 @@ class Api:
             err = self._translate(e)
             yield _sse(err.body())
         finally:
-            await deltas.aclose()  # type: ignore[attr-defined]
+            for run in runs:
+                await run.close()
 
     # ---- endpoints --------------------------------------------------------------------------------
     async def chat(self, request: Request) -> Response:
@@ -312,6 +486,9 @@ class Api:
 
     async def completions(self, request: Request) -> Response:
         return await self._handle(request, "completions", CompletionRequest, "cmpl")
+
+    async def responses(self, request: Request) -> Response:
+        return await self._handle(request, "responses", ChatCompletionRequest, "resp")
 
     async def models(self, request: Request) -> Response:
         data = [
@@ -350,6 +527,7 @@ def build_app(state: FrontendState) -> BodyLimit:
     route: Callable[..., Any] = app.router.add_route
     route("/v1/chat/completions", api.chat, methods=["POST"])
     route("/v1/completions", api.completions, methods=["POST"])
+    route("/v1/responses", api.responses, methods=["POST"])
     route("/v1/models", api.models, methods=["GET"])
     route("/health", api.health, methods=["GET"])
     route("/live", api.live, methods=["GET"])

@@ -1,0 +1,451 @@
+"""OpenAI's Responses API (POST /v1/responses) over the chat pipeline.
+
+A request becomes a chat request (input items -> messages, function tools, text.format ->
+response_format); the chat choice's content, reasoning and tool calls become output items. Nothing is
+kept on the server: every response says ``store: false``, and ``previous_response_id`` is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from dynamo_cli.roles.frontend.outputs import ChoiceShaper, Piece
+from dynamo_cli.roles.frontend.pipeline import Generation
+from dynamo_cli.roles.frontend.schemas import ChatCompletionRequest, OpenAIError, _Req
+
+
+def _id(prefix: str) -> str:
+    return f"{prefix}_{os.urandom(12).hex()}"
+
+
+class ResponsesRequest(_Req):
+    model: str
+    input: str | list[dict[str, Any]]
+    instructions: str | None = None
+    max_output_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = None
+    top_p: float | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
+    parallel_tool_calls: bool = True
+    text: dict[str, Any] | None = None
+    stream: bool = False
+    store: bool | None = None  # honoured as: nothing is kept (store: false in every response)
+    previous_response_id: str | None = None
+    metadata: dict[str, str] | None = None
+
+    @field_validator("previous_response_id")
+    @classmethod
+    def _nothing_kept(cls, v: str | None) -> str | None:
+        if v is not None:
+            raise ValueError(
+                "this server keeps no responses, so none can be continued; send the whole conversation "
+                "as input items"
+            )
+        return v
+
+    @field_validator("input")
+    @classmethod
+    def _some_input(cls, v: str | list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+        if isinstance(v, list) and not v:
+            raise ValueError("input must not be empty")
+        return v
+
+
+_PASSED = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "stream",
+    "user",
+    "chat_template_kwargs",
+    "ignore_eos",
+    "include_stop_str_in_output",
+    "logit_bias",
+    "skip_special_tokens",
+    "stop",
+    "stop_token_ids",
+    "structured_outputs",
+)
+
+
+def _text_of(content: Any, where: str) -> str:
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise OpenAIError(400, f"{where}: content is a string or a list of parts", param=where)
+    out = []
+    for j, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind not in ("input_text", "output_text", "text"):
+            raise OpenAIError(
+                400,
+                f"{where}.{j}: content part type '{kind}' is not supported (this model takes text only)",
+                param=f"{where}.{j}",
+                code="unsupported_parameter",
+            )
+        out.append(str(part.get("text", "")))
+    return "".join(out)
+
+
+def _messages(req: ResponsesRequest) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = []
+    if req.instructions:
+        messages.append({"role": "system", "content": req.instructions})
+    if isinstance(req.input, str):
+        messages.append({"role": "user", "content": req.input})
+        return messages
+    for i, item in enumerate(req.input):
+        where = f"input.{i}"
+        kind = item.get("type", "message")
+        if kind == "message":
+            role = item.get("role")
+            if role not in ("user", "system", "developer", "assistant"):
+                raise OpenAIError(400, f"{where}.role: '{role}' is not a message role", param=f"{where}.role")
+            messages.append({"role": role, "content": _text_of(item.get("content", ""), f"{where}.content")})
+        elif kind == "function_call":
+            call = {
+                "id": item.get("call_id") or _id("call"),
+                "type": "function",
+                "function": {"name": item.get("name"), "arguments": item.get("arguments", "{}")},
+            }
+            last = messages[-1] if messages else None
+            if last is not None and last["role"] == "assistant" and "tool_calls" in last:
+                last["tool_calls"].append(call)
+            else:
+                messages.append({"role": "assistant", "content": "", "tool_calls": [call]})
+        elif kind == "function_call_output":
+            output = item.get("output", "")
+            text = output if isinstance(output, str) else _text_of(output, f"{where}.output")
+            messages.append({"role": "tool", "tool_call_id": item.get("call_id"), "content": text})
+        elif kind == "reasoning":  # earlier reasoning is not shown to the model again (as chat templates do)
+            continue
+        else:
+            raise OpenAIError(
+                400,
+                f"{where}.type: input items of type '{kind}' are not supported",
+                param=f"{where}.type",
+                code="unsupported_parameter",
+            )
+    return messages
+
+
+def to_chat(req: ResponsesRequest, data: dict[str, Any]) -> dict[str, Any]:
+    """The chat request this response request stands for (validated by ChatCompletionRequest after)."""
+    chat: dict[str, Any] = {"model": req.model, "messages": _messages(req)}
+    for name in _PASSED:
+        if data.get(name) is not None:
+            chat[name] = data[name]
+    if req.max_output_tokens is not None:
+        chat["max_tokens"] = req.max_output_tokens
+    if req.tools:
+        tools = []
+        for i, tool in enumerate(req.tools):
+            if tool.get("type") != "function":
+                raise OpenAIError(
+                    400,
+                    f"tools.{i}.type: only function tools are supported (got '{tool.get('type')}')",
+                    param=f"tools.{i}.type",
+                    code="unsupported_parameter",
+                )
+            fn = {k: tool[k] for k in ("name", "description", "parameters", "strict") if k in tool}
+            tools.append({"type": "function", "function": fn})
+        chat["tools"] = tools
+        chat["parallel_tool_calls"] = req.parallel_tool_calls
+    choice = req.tool_choice
+    if isinstance(choice, dict):
+        if choice.get("type") != "function" or "name" not in choice:
+            raise OpenAIError(
+                400, "tool_choice: give none, auto, required or a function", param="tool_choice"
+            )
+        chat["tool_choice"] = {"type": "function", "function": {"name": choice["name"]}}
+    elif choice is not None:
+        chat["tool_choice"] = choice
+    fmt = (req.text or {}).get("format")
+    if fmt:
+        kind = fmt.get("type")
+        if kind == "json_schema":
+            chat["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {k: fmt[k] for k in ("name", "schema", "strict", "description") if k in fmt},
+            }
+        elif kind in ("json_object", "text"):
+            chat["response_format"] = {"type": kind}
+        else:
+            raise OpenAIError(
+                400, f"text.format.type: '{kind}' is not a text format", param="text.format.type"
+            )
+    unknown_text = set(req.text or {}) - {"format", "verbosity"}
+    if unknown_text or (req.text or {}).get("verbosity") not in (None, "medium"):
+        raise OpenAIError(400, "text: only format can be set", param="text", code="unsupported_parameter")
+    return chat
+
+
+def _usage(gen: Generation) -> dict[str, Any]:
+    return {
+        "input_tokens": gen.prompt_tokens,
+        "input_tokens_details": {"cached_tokens": gen.cached_tokens},
+        "output_tokens": gen.completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": gen.prompt_tokens + gen.completion_tokens,
+    }
+
+
+def _message_item(item_id: str, text: str, status: str = "completed") -> dict[str, Any]:
+    part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+    return {"type": "message", "id": item_id, "status": status, "role": "assistant", "content": [part]}
+
+
+def _reasoning_item(item_id: str, text: str) -> dict[str, Any]:
+    return {
+        "type": "reasoning",
+        "id": item_id,
+        "summary": [],
+        "content": [{"type": "reasoning_text", "text": text}],
+        "status": "completed",
+    }
+
+
+def _call_item(item_id: str, call_id: str, name: str, arguments: str, status: str = "completed") -> dict:
+    return {
+        "type": "function_call",
+        "id": item_id,
+        "call_id": call_id,
+        "name": name,
+        "arguments": arguments,
+        "status": status,
+    }
+
+
+@dataclass
+class ResponseShape:
+    """The parts of the response object that do not depend on the output."""
+
+    request: ResponsesRequest
+    chat: ChatCompletionRequest
+    model: str
+    id: str = field(default_factory=lambda: _id("resp"))
+    created_at: int = field(default_factory=lambda: int(time.time()))
+
+    def envelope(
+        self, status: str, output: list[dict[str, Any]], gen: Generation | None, finish: str | None = None
+    ) -> dict[str, Any]:
+        req = self.request
+        incomplete = status == "incomplete"
+        return {
+            "id": self.id,
+            "object": "response",
+            "created_at": self.created_at,
+            "status": status,
+            "error": None,
+            "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
+            "instructions": req.instructions,
+            "max_output_tokens": req.max_output_tokens,
+            "model": self.model,
+            "output": output,
+            "parallel_tool_calls": req.parallel_tool_calls,
+            "previous_response_id": None,
+            "reasoning": None,
+            "store": False,
+            "temperature": self.chat.temperature,
+            "text": req.text or {"format": {"type": "text"}},
+            "tool_choice": req.tool_choice or ("auto" if req.tools else "none"),
+            "tools": req.tools or [],
+            "top_p": self.chat.top_p,
+            "truncation": "disabled",
+            "usage": _usage(gen) if gen is not None and status != "in_progress" else None,
+            "metadata": req.metadata or {},
+        }
+
+    def status_of(self, finish: str | None) -> str:
+        return "incomplete" if finish == "length" else "completed"
+
+    def full(self, gen: Generation, shaper: ChoiceShaper) -> dict[str, Any]:
+        output: list[dict[str, Any]] = []
+        reasoning = "".join(shaper.reasoning)
+        if reasoning:
+            output.append(_reasoning_item(_id("rs"), reasoning))
+        content = "".join(shaper.content)
+        if content or not shaper.calls:
+            output.append(_message_item(_id("msg"), content))
+        for i in sorted(shaper.calls):
+            call_id, name, args = shaper.calls[i]
+            output.append(_call_item(_id("fc"), call_id, name, args))
+        return self.envelope(self.status_of(gen.finish_reason), output, gen)
+
+
+class ResponseEvents:
+    """The streamed event sequence: response.created and in_progress, then each output item opened
+    (output_item.added, content_part.added), its deltas, and closed (..._text.done, content_part.done,
+    output_item.done); finally response.completed (or response.incomplete) with the whole response."""
+
+    def __init__(self, shape: ResponseShape):
+        self.shape = shape
+        self.seq = 0
+        self.output: list[dict[str, Any]] = []
+        self._open: dict[str, Any] | None = None  # the item being written
+        self._text = ""
+        self._call_index: int | None = None
+
+    def _event(self, kind: str, **fields: Any) -> dict[str, Any]:
+        event = {"type": kind, "sequence_number": self.seq, **fields}
+        self.seq += 1
+        return event
+
+    def start(self) -> list[dict[str, Any]]:
+        response = self.shape.envelope("in_progress", [], None)
+        return [
+            self._event("response.created", response=response),
+            self._event("response.in_progress", response=response),
+        ]
+
+    def _open_id(self) -> str:
+        assert self._open is not None
+        return str(self._open["id"])
+
+    def _close(self) -> list[dict[str, Any]]:
+        item = self._open
+        if item is None:
+            return []
+        self._open = None
+        index = len(self.output)
+        events: list[dict[str, Any]] = []
+        if item["type"] == "message":
+            done = _message_item(item["id"], self._text)
+            part = done["content"][0]
+            events.append(
+                self._event(
+                    "response.output_text.done",
+                    item_id=item["id"],
+                    output_index=index,
+                    content_index=0,
+                    text=self._text,
+                    logprobs=[],
+                )
+            )
+            events.append(
+                self._event(
+                    "response.content_part.done",
+                    item_id=item["id"],
+                    output_index=index,
+                    content_index=0,
+                    part=part,
+                )
+            )
+        elif item["type"] == "reasoning":
+            done = _reasoning_item(item["id"], self._text)
+            events.append(
+                self._event(
+                    "response.reasoning_text.done",
+                    item_id=item["id"],
+                    output_index=index,
+                    content_index=0,
+                    text=self._text,
+                )
+            )
+        else:
+            done = {**item, "arguments": self._text, "status": "completed"}
+            events.append(
+                self._event(
+                    "response.function_call_arguments.done",
+                    item_id=item["id"],
+                    output_index=index,
+                    arguments=self._text,
+                )
+            )
+        events.append(self._event("response.output_item.done", output_index=index, item=done))
+        self.output.append(done)
+        self._text = ""
+        return events
+
+    def _open_item(self, item: dict[str, Any]) -> list[dict[str, Any]]:
+        events = self._close()
+        self._open = item
+        index = len(self.output)
+        events.append(self._event("response.output_item.added", output_index=index, item=item))
+        if item["type"] == "message":
+            part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+            events.append(
+                self._event(
+                    "response.content_part.added",
+                    item_id=item["id"],
+                    output_index=index,
+                    content_index=0,
+                    part=part,
+                )
+            )
+        return events
+
+    def piece(self, piece: Piece) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        index = len(self.output)
+        if piece.reasoning:
+            if self._open is None or self._open["type"] != "reasoning":
+                item = {"type": "reasoning", "id": _id("rs"), "summary": [], "status": "in_progress"}
+                events += self._open_item(item)
+                index = len(self.output)
+            self._text += piece.reasoning
+            item_id = self._open_id()
+            events.append(
+                self._event(
+                    "response.reasoning_text.delta",
+                    item_id=item_id,
+                    output_index=index,
+                    content_index=0,
+                    delta=piece.reasoning,
+                )
+            )
+        if piece.content:
+            if self._open is None or self._open["type"] != "message":
+                events += self._open_item(_message_item(_id("msg"), "", "in_progress") | {"content": []})
+                index = len(self.output)
+            self._text += piece.content
+            item_id = self._open_id()
+            events.append(
+                self._event(
+                    "response.output_text.delta",
+                    item_id=item_id,
+                    output_index=index,
+                    content_index=0,
+                    delta=piece.content,
+                    logprobs=[],
+                )
+            )
+        for d in piece.calls:
+            if d.id is not None or self._call_index != d.index:
+                item = _call_item(_id("fc"), d.id or "", d.name or "", "", "in_progress")
+                events += self._open_item(item)
+                self._call_index = d.index
+                index = len(self.output)
+            if d.arguments:
+                self._text += d.arguments
+                events.append(
+                    self._event(
+                        "response.function_call_arguments.delta",
+                        item_id=self._open_id(),
+                        output_index=index,
+                        delta=d.arguments,
+                    )
+                )
+        return events
+
+    def finish(self, gen: Generation) -> list[dict[str, Any]]:
+        events = self._close()
+        if not self.output:  # nothing was generated: still one (empty) message, as the whole response has
+            events += self._open_item(_message_item(_id("msg"), "", "in_progress") | {"content": []})
+            events += self._close()
+        status = self.shape.status_of(gen.finish_reason)
+        response = self.shape.envelope(status, self.output, gen)
+        kind = "response.completed" if status == "completed" else "response.incomplete"
+        events.append(self._event(kind, response=response))
+        return events
