@@ -373,3 +373,57 @@ def test_unknown_fields_are_ignored_and_counted(dep: Deployment) -> None:
     assert r.status_code == 200
     metrics = scrape(f"{dep.url}/metrics")
     assert any("unknown_fields" in k and "x_custom_flag" in k and v >= 1 for k, v in metrics.items())
+
+
+# ---- parsers on generated text (the mocker writes what a regex allows) -----------------------------
+
+CALL_REGEX = r'Checking\.<tool_call>\{"name": "get_weather", "arguments": \{"city": "Paris", "unit": "celsius"\}\}</tool_call>'
+
+
+def test_auto_tool_calls_are_parsed_streamed_and_not(client: openai.OpenAI, dep: Deployment) -> None:
+    args: dict[str, Any] = dict(
+        model=dep.model,
+        messages=MESSAGES,
+        tools=[WEATHER],
+        max_tokens=200,
+        extra_body={"guided_regex": CALL_REGEX},
+    )
+    whole = client.chat.completions.create(**args).choices[0]
+    assert whole.finish_reason == "tool_calls" and whole.message.content == "Checking."
+    (call,) = whole.message.tool_calls or []
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "Paris", "unit": "celsius"}
+    chunks = [c for c in client.chat.completions.create(**args, stream=True) if c.choices]
+    content = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert content == "Checking."  # the markup never leaks
+    parts = [tc for c in chunks for tc in c.choices[0].delta.tool_calls or []]
+    assert parts[0].id and parts[0].type == "function" and parts[0].function.name == "get_weather"  # type: ignore[union-attr]
+    assert json.loads("".join(p.function.arguments or "" for p in parts if p.function)) == json.loads(
+        call.function.arguments
+    )
+    assert [c.choices[0].finish_reason for c in chunks if c.choices[0].finish_reason] == ["tool_calls"]
+
+
+@pytest.fixture(scope="module")
+def thinking(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    d = start(tmp_path_factory.mktemp("think"), "agg", "--engine", "mocker", "--workers", "1", "--speedup", "50",
+              "--reasoning-parser", "deepseek_r1")  # fmt: skip
+    yield d
+    d.stop()
+
+
+def test_reasoning_is_split_from_the_content(thinking: Deployment) -> None:
+    client = openai.OpenAI(base_url=thinking.base_url, api_key="unused", max_retries=0, timeout=60)
+    args: dict[str, Any] = dict(
+        model=thinking.model, messages=MESSAGES, max_tokens=100,
+        extra_body={"guided_regex": "<think>Paris is large\\.</think>The answer is Paris\\."},
+    )  # fmt: skip
+    msg = client.chat.completions.create(**args).choices[0].message
+    assert msg.content == "The answer is Paris."
+    assert msg.model_extra is not None and msg.model_extra["reasoning_content"] == "Paris is large."
+    chunks = [c.choices[0].delta for c in client.chat.completions.create(**args, stream=True) if c.choices]
+    assert "".join(d.content or "" for d in chunks) == "The answer is Paris."
+    assert "".join((d.model_extra or {}).get("reasoning_content") or "" for d in chunks) == "Paris is large."
+    r = client.responses.create(model=thinking.model, input="Where?", max_output_tokens=100,
+                                extra_body={"structured_outputs": {"regex": "<think>Hm\\.</think>Here\\."}})  # fmt: skip
+    assert [o.type for o in r.output] == ["reasoning", "message"] and r.output_text == "Here."

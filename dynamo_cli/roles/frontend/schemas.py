@@ -153,6 +153,20 @@ class _Sampling(_Req):
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
+    @property
+    def constrained(self) -> bool:
+        """Does the request ask for structured output (a grammar to validate and compile)?"""
+        rf = self.response_format
+        return (
+            (rf is not None and rf.type != "text")
+            or self.structured_outputs is not None
+            or any(
+                v is not None
+                for v in (self.guided_json, self.guided_regex, self.guided_choice, self.guided_grammar)
+            )
+            or getattr(self, "tool_mode", "none") in ("required", "named")
+        )
+
     def structured_spec(self) -> tuple[dict[str, Any] | None, str | None]:
         """The output constraint asked for, in the engine's terms (SamplingOptions.structured), and the
         field that asked. Two fields asking at once is a 400."""
