@@ -58,22 +58,37 @@ JSON_PROMPT = [{"role": "user", "content": "List six things to pack for a trip t
 
 
 def _frontend(args: argparse.Namespace) -> None:
+    from dynamo_cli.roles.frontend.tool_parsers import PARSERS
+
+    guide = PARSERS["hermes"].render_tools([WEATHER])  # what the frontend adds for SmolLM2's template
     variants: dict[str, dict[str, Any]] = {
         "plain": {},
+        "tools' text, no parsing": {"_system": guide},
         "tools (auto, parsed)": {"tools": [WEATHER]},
         "logprobs (top 5)": {"logprobs": True, "top_logprobs": 5},
     }
+    if args.logprob_scaling:
+        variants["logprobs (top 0)"] = {"logprobs": True, "top_logprobs": 0}
+        variants["logprobs (top 20)"] = {"logprobs": True, "top_logprobs": 20}
     with tempfile.TemporaryDirectory() as tmp:
         dep = free_engine_deployment(Path(tmp), 1)
         try:
             frontend = dep.ready["processes"]["frontend"]
 
+            def messages(i: int, system: str | None) -> list[dict[str, str]]:
+                msgs = chat(i, args.prompt_words)
+                if system:
+                    msgs[0] = {**msgs[0], "content": f"{msgs[0]['content']}\n\n{system}"}
+                return msgs
+
             def bodies(extra: dict[str, Any]) -> list[bytes]:
+                extra = dict(extra)
+                system = extra.pop("_system", None)
                 return [
                     orjson.dumps(
                         {
                             "model": dep.model,
-                            "messages": chat(i, args.prompt_words),
+                            "messages": messages(i, system),
                             "max_tokens": 64,
                             "stream": True,
                             "ignore_eos": True,
@@ -99,11 +114,12 @@ def _frontend(args: argparse.Namespace) -> None:
                     cpu[name].append((cpu_seconds(frontend) - before) * 1000 / args.requests)
         finally:
             dep.stop()
-    base = statistics.median(cpu["plain"])
+    med = {name: statistics.median(values) for name, values in cpu.items()}
     print(f"frontend CPU per streamed request ({args.rounds} rounds of {args.requests}, median):")
-    for name, values in cpu.items():
-        ms = statistics.median(values)
-        print(f"  {name:<22} {ms:6.2f} ms   {100 * (ms / base - 1):+5.1f}% vs plain")
+    for name, ms in med.items():
+        print(f"  {name:<24} {ms:6.2f} ms   {100 * (ms / med['plain'] - 1):+5.1f}% vs plain")
+    parsing = med["tools (auto, parsed)"] / med["tools' text, no parsing"] - 1
+    print(f"  tool-call parsing itself (same prompt, parsed vs not): {100 * parsing:+.1f}%")
 
 
 def _measure(url: str, model: str, bodies: list[dict[str, Any]], concurrency: int) -> tuple[float, float]:
@@ -201,6 +217,7 @@ def main() -> None:
     ap.add_argument("--prompt-words", type=int, default=300)
     ap.add_argument("--json-requests", type=int, default=16)
     ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--logprob-scaling", action="store_true", help="also top_logprobs 0 and 20")
     args = ap.parse_args()
     if args.part in ("frontend", "all"):
         _frontend(args)
