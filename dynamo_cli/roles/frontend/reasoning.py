@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from dynamo_cli.roles.frontend.tool_parsers import partial_suffix
+
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 
@@ -37,13 +39,6 @@ def prompt_think_state(prompt: str) -> bool | None:
     if closed != -1 and not prompt[closed + len(THINK_CLOSE) :].strip():
         return False
     return None
-
-
-def _partial_suffix(text: str, tag: str) -> int:
-    for k in range(min(len(tag) - 1, len(text)), 0, -1):
-        if text.endswith(tag[:k]):
-            return k
-    return 0
 
 
 class ReasoningParser:
@@ -93,7 +88,7 @@ class ReasoningParser:
                 reasoning, self._buf = self._buf[:end], self._buf[end + len(THINK_CLOSE) :]
                 self._phase = "content"
             else:
-                cut = len(self._buf) - (0 if final else _partial_suffix(self._buf, THINK_CLOSE))
+                cut = len(self._buf) - (0 if final else partial_suffix(self._buf, THINK_CLOSE))
                 reasoning, self._buf = self._buf[:cut], self._buf[cut:]
         content = ""
         if self._phase == "content":

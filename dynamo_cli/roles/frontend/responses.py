@@ -294,7 +294,7 @@ class ResponseEvents:
         self.seq = 0
         self.output: list[dict[str, Any]] = []
         self._open: dict[str, Any] | None = None  # the item being written
-        self._text = ""
+        self._written = ""
         self._call_index: int | None = None
 
     def _event(self, kind: str, **fields: Any) -> dict[str, Any]:
@@ -321,7 +321,7 @@ class ResponseEvents:
         index = len(self.output)
         events: list[dict[str, Any]] = []
         if item["type"] == "message":
-            done = _message_item(item["id"], self._text)
+            done = _message_item(item["id"], self._written)
             part = done["content"][0]
             events.append(
                 self._event(
@@ -329,7 +329,7 @@ class ResponseEvents:
                     item_id=item["id"],
                     output_index=index,
                     content_index=0,
-                    text=self._text,
+                    text=self._written,
                     logprobs=[],
                 )
             )
@@ -343,29 +343,29 @@ class ResponseEvents:
                 )
             )
         elif item["type"] == "reasoning":
-            done = _reasoning_item(item["id"], self._text)
+            done = _reasoning_item(item["id"], self._written)
             events.append(
                 self._event(
                     "response.reasoning_text.done",
                     item_id=item["id"],
                     output_index=index,
                     content_index=0,
-                    text=self._text,
+                    text=self._written,
                 )
             )
         else:
-            done = {**item, "arguments": self._text, "status": "completed"}
+            done = {**item, "arguments": self._written, "status": "completed"}
             events.append(
                 self._event(
                     "response.function_call_arguments.done",
                     item_id=item["id"],
                     output_index=index,
-                    arguments=self._text,
+                    arguments=self._written,
                 )
             )
         events.append(self._event("response.output_item.done", output_index=index, item=done))
         self.output.append(done)
-        self._text = ""
+        self._written = ""
         return events
 
     def _open_item(self, item: dict[str, Any]) -> list[dict[str, Any]]:
@@ -386,41 +386,30 @@ class ResponseEvents:
             )
         return events
 
+    def _text_delta(self, item: dict[str, Any], kind: str, text: str, **extra: Any) -> list[dict[str, Any]]:
+        """A text delta of the open item (reasoning or message); ``item`` is opened first unless one of
+        its type is open."""
+        events: list[dict[str, Any]] = []
+        if self._open is None or self._open["type"] != item["type"]:
+            events += self._open_item(item)
+        self._written += text
+        index = len(self.output)
+        events.append(
+            self._event(
+                kind, item_id=self._open_id(), output_index=index, content_index=0, delta=text, **extra
+            )
+        )
+        return events
+
     def piece(self, piece: Piece) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []
-        index = len(self.output)
         if piece.reasoning:
-            if self._open is None or self._open["type"] != "reasoning":
-                item = {"type": "reasoning", "id": _id("rs"), "summary": [], "status": "in_progress"}
-                events += self._open_item(item)
-                index = len(self.output)
-            self._text += piece.reasoning
-            item_id = self._open_id()
-            events.append(
-                self._event(
-                    "response.reasoning_text.delta",
-                    item_id=item_id,
-                    output_index=index,
-                    content_index=0,
-                    delta=piece.reasoning,
-                )
-            )
+            reasoning = {"type": "reasoning", "id": _id("rs"), "summary": [], "status": "in_progress"}
+            events += self._text_delta(reasoning, "response.reasoning_text.delta", piece.reasoning)
         if piece.content:
-            if self._open is None or self._open["type"] != "message":
-                events += self._open_item(_message_item(_id("msg"), "", "in_progress") | {"content": []})
-                index = len(self.output)
-            self._text += piece.content
-            item_id = self._open_id()
-            events.append(
-                self._event(
-                    "response.output_text.delta",
-                    item_id=item_id,
-                    output_index=index,
-                    content_index=0,
-                    delta=piece.content,
-                    logprobs=[],
-                )
-            )
+            message = _message_item(_id("msg"), "", "in_progress") | {"content": []}
+            events += self._text_delta(message, "response.output_text.delta", piece.content, logprobs=[])
+        index = len(self.output)
         for d in piece.calls:
             if d.id is not None or self._call_index != d.index:
                 item = _call_item(_id("fc"), d.id or "", d.name or "", "", "in_progress")
@@ -428,7 +417,7 @@ class ResponseEvents:
                 self._call_index = d.index
                 index = len(self.output)
             if d.arguments:
-                self._text += d.arguments
+                self._written += d.arguments
                 events.append(
                     self._event(
                         "response.function_call_arguments.delta",

@@ -133,7 +133,7 @@ def _skip_ws(text: str, i: int) -> int:
     return i
 
 
-def _partial_suffix(text: str, marker: str) -> int:
+def partial_suffix(text: str, marker: str) -> int:
     """Length of the longest end of `text` that is a proper beginning of `marker`."""
     for k in range(min(len(marker) - 1, len(text)), 0, -1):
         if text.endswith(marker[:k]):
@@ -309,7 +309,7 @@ class ToolParser:
             i = buf.find(m)
             if i != -1 and i <= best[0]:
                 best = (i, True)
-            k = _partial_suffix(buf, m)
+            k = partial_suffix(buf, m)
             if k and len(buf) - k < best[0]:
                 best = (len(buf) - k, False)
         return best
