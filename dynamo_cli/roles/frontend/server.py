@@ -67,6 +67,7 @@ class FrontendState:
     max_body: int  # bytes (frontend.max_body_mb)
     routing: RoutingService | None = None  # the embedded router, if any
     setup: ChatSetup = field(default_factory=lambda: ChatSetup("hermes", False, None))  # parsers in force
+    logprobs: LogprobFormatter | None = None  # made (and warmed) at start; else on first use
 
 
 def json_response(body: Any, status: int = 200) -> Response:
@@ -224,7 +225,7 @@ class Api:
         self.unknown = UnknownFields(
             lambda name: state.metrics.unknown_fields.labels(state.model, name).inc()
         )
-        self.logprobs = LogprobFormatter(state.tokenizer)
+        self.logprobs = state.logprobs or LogprobFormatter(state.tokenizer)
 
     # ---- common -----------------------------------------------------------------------------------
     async def _parse(

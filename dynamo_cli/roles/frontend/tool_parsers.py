@@ -315,17 +315,30 @@ class ToolParser:
         return best
 
     def _content(self, text: str, out: list[Delta]) -> None:
+        body = self._take_content(text)
+        if body:
+            out.append(ContentDelta(body))
+
+    def _take_content(self, text: str) -> str:
+        """The content this text releases (whitespace that a call could still end is held)."""
         if self._after_call:
             text = text.lstrip()
             if not text:
-                return
+                return ""
             self._after_call = False
         text = self._pending + text
         body = text.rstrip()
         self._pending = text[len(body) :]
         if body:
             self._has_content, self._call_last, self._lead = True, False, False
-            out.append(ContentDelta(body))
+        return body
+
+    def feed_content(self, text: str) -> str | None:
+        """``feed`` for the common case, without delta objects: the content released when no marker can
+        start in this text (possibly ""), None when the text needs the full parse (call ``feed``)."""
+        if self._buf or (self._lead and self.lead_markers) or not self._plain(text):
+            return None
+        return self._take_content(text)
 
     def _call(self, name: str, arguments: str, out: list[Delta]) -> None:
         if not self._has_content:
