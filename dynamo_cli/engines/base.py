@@ -38,6 +38,10 @@ class SamplingOptions:
     # token (completions' echo), on the first output.
     logprobs: int | None = None
     prompt_logprobs: int | None = None
+    # The worker writes each token's logprobs as an OpenAI chat entry (EngineOutput.logprobs_json,
+    # models.logprob_json) instead of sending the values: the frontend, shared by every stream, then
+    # only joins bytes.
+    logprobs_json: bool = False
     # Structured output, as vLLM's StructuredOutputsParams, exactly one key: {"json": schema (a dict)},
     # {"json_object": True}, {"regex": str}, {"choice": [str, ...]} or {"grammar": str (EBNF or Lark)}.
     # The output is valid by construction when it ends on its own (finish "stop"); the engine ends it
@@ -81,6 +85,8 @@ class EngineOutput:
     # With SamplingOptions.prompt_logprobs, on the first output: one per prompt token (None for the
     # first, which has no context).
     prompt_logprobs: list[TokenLogprobs | None] | None = None
+    # With SamplingOptions.logprobs_json, set by the worker in place of ``logprobs``: one JSON entry a token.
+    logprobs_json: list[bytes] | None = None
 
 
 @dataclass(slots=True)

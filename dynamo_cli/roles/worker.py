@@ -19,7 +19,9 @@ from dynamo_cli.config.models import DynamoConfig
 from dynamo_cli.engines import create_engine
 from dynamo_cli.engines.base import Engine, KvEvent, LoadMetrics
 from dynamo_cli.errors import RemoteError
+from dynamo_cli.models.logprob_json import LogprobJson
 from dynamo_cli.models.resolve import ResolvedModel, read_model_info
+from dynamo_cli.models.tokenizer import ModelTokenizer
 from dynamo_cli.roles.base import Role
 from dynamo_cli.roles.disagg import RemotePrefill
 from dynamo_cli.runtime import protocol
@@ -44,6 +46,7 @@ class WorkerRole(Role):
         self._events: list[KvEvent] = []
         self._events_ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._logprob_json: asyncio.Future[LogprobJson] | None = None  # loaded on first use
         self.remote: RemotePrefill | None = None
         # Prefill workers exist but remote prefill is off (seed 001): say so on every request.
         self._off_report: dict[str, Any] | None = (
@@ -100,10 +103,25 @@ class WorkerRole(Role):
         if self.remote is not None:
             request, decision = await self.remote.prepare(request)
             report = decision.report()
+        writer = await self._logprob_writer() if request.sampling.logprobs_json else None
         async for out in self.engine.generate(request):
             if report is not None:
                 out.disagg, report = _merge_reports(report, out.disagg), None
+            if writer is not None and out.logprobs:
+                out.logprobs_json, out.logprobs = writer.entries(out.token_ids, out.logprobs), None
             yield encode(out)
+
+    async def _logprob_writer(self) -> LogprobJson:
+        """The model's tokens as chat-logprob JSON heads, built once in a thread (~0.2 s)."""
+        if self._logprob_json is None:
+
+            def build() -> LogprobJson:
+                writer = LogprobJson(ModelTokenizer(self.model.path, fast_encode=False))
+                writer.warm()
+                return writer
+
+            self._logprob_json = asyncio.ensure_future(asyncio.to_thread(build))
+        return await asyncio.shield(self._logprob_json)
 
     async def _kv_state(self, data: bytes, ctx: RequestContext) -> AsyncIterator[bytes]:
         """Everything we cache, for a router that saw a gap in our event ids."""

@@ -41,6 +41,7 @@ _OPTIONAL: dict[str, Any] = {
     "logprobs": None,
     "prompt_logprobs": None,
     "structured": None,
+    "logprobs_json": False,
 }
 
 
@@ -89,11 +90,11 @@ def decode_generate(data: bytes) -> EngineRequest:
 
 
 def encode_output(out: EngineOutput) -> bytes:
-    if out.logprobs is not None or out.prompt_logprobs is not None:
+    if out.logprobs is not None or out.prompt_logprobs is not None or out.logprobs_json is not None:
         return _pack(
             (
                 out.token_ids, out.finish_reason, out.cached_tokens, out.error, out.kv_transfer_params,
-                out.disagg, out.logprobs, out.prompt_logprobs,
+                out.disagg, out.logprobs, out.prompt_logprobs, out.logprobs_json,
             )
         )  # fmt: skip
     if out.kv_transfer_params is None and out.disagg is None:

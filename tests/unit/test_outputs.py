@@ -7,6 +7,7 @@ import json
 import orjson
 import pytest
 
+from dynamo_cli.models.logprob_json import LogprobJson, chat_logprobs
 from dynamo_cli.models.tokenizer import ModelTokenizer
 from dynamo_cli.roles.frontend.outputs import ChoiceShaper, ForcedCall, LogprobFormatter
 from dynamo_cli.roles.frontend.reasoning import REASONING_PARSERS
@@ -62,10 +63,10 @@ def test_a_forced_call_cut_short_returns_the_partial_text() -> None:
 
 @pytest.mark.parametrize("k", [0, 1, 3])
 def test_chat_logprobs_json_matches_openais_shape(tok: ModelTokenizer, k: int) -> None:
-    fmt = LogprobFormatter(tok)
     ids = tok.encode("héllo world", add_special_tokens=False)
     entries = [(t, (-0.25 * (i + 1), ids[:k], [-0.1 * j for j in range(k)])) for i, t in enumerate(ids)]
-    value = orjson.loads(orjson.dumps({"x": fmt.chat(entries)}))["x"]
+    written = LogprobJson(tok).entries([t for t, _ in entries], [lp for _, lp in entries])
+    value = orjson.loads(orjson.dumps({"x": chat_logprobs(written)}))["x"]
     assert value["refusal"] is None and len(value["content"]) == len(ids)
     for (t, (lp, top_ids, _)), entry in zip(entries, value["content"], strict=True):
         raw = tok.token_bytes(t)
@@ -78,7 +79,7 @@ def test_chat_logprobs_json_matches_openais_shape(tok: ModelTokenizer, k: int) -
 def test_a_partial_character_shows_as_the_replacement_character(tok: ModelTokenizer) -> None:
     # Byte-level BPE has a token for every byte: 0xC3 alone is the first half of a two-byte character.
     partial = next(t for t in range(tok.vocab_size) if tok.token_bytes(t) == b"\xc3")
-    value = orjson.loads(orjson.dumps(LogprobFormatter(tok).chat([(partial, (-1.0, [], []))])))
+    value = orjson.loads(orjson.dumps(chat_logprobs(LogprobJson(tok).entries([partial], [(-1.0, [], [])]))))
     assert value["content"][0]["token"] == "\ufffd" and value["content"][0]["bytes"] == [0xC3]
 
 

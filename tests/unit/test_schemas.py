@@ -239,6 +239,29 @@ def test_sampling_fields_travel_to_the_worker() -> None:
                         min_p=0.1, logit_bias={5: -100.0, 49151: 3.0})  # fmt: skip
     full = EngineRequest("r", [1, 2], s)
     assert decode_generate(encode_generate(full)) == full
+    s = SamplingOptions(max_tokens=4, logprobs=5, prompt_logprobs=1, logprobs_json=True,
+                        structured={"json": {"type": "object", "properties": {"a": {"type": "integer"}}}})  # fmt: skip
+    assert decode_generate(encode_generate(EngineRequest("r", [1], s))).sampling == s
+
+
+def test_engine_outputs_with_logprobs_travel_back() -> None:
+    from dynamo_cli.engines.base import EngineOutput
+    from dynamo_cli.runtime.protocol import decode_output, encode_output
+
+    for out in (
+        EngineOutput([7], logprobs=[(-0.5, [7, 8], [-0.5, -1.5])], prompt_logprobs=[None, (-2.0, [], [])]),
+        EngineOutput([7, 9], "stop", logprobs_json=[b'{"token":"a"}', b'{"token":"b"}']),
+    ):
+        back = decode_output(encode_output(out))
+        assert back.token_ids == out.token_ids and back.finish_reason == out.finish_reason
+        assert back.logprobs_json == out.logprobs_json
+        assert [list(map(_listed, e)) for e in back.logprobs or []] == [
+            list(map(_listed, e)) for e in out.logprobs or []
+        ]
+
+
+def _listed(x: object) -> object:
+    return list(x) if isinstance(x, (list, tuple)) else x
 
 
 # ---- chat messages -----------------------------------------------------------------------------------

@@ -7,8 +7,6 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from dynamo_cli.engines.base import TokenLogprobs
 from dynamo_cli.models.tokenizer import ModelTokenizer
 from dynamo_cli.roles.frontend.reasoning import ReasoningParser
@@ -59,7 +57,6 @@ class ChoiceShaper:
         self.reasoning: list[str] = []
         self.calls: dict[int, list[str]] = {}  # index -> [id, name, arguments]
         self.plain = reasoning is None and tools is None and forced is None
-
 
     def feed(self, text: str) -> Piece:
         if self.plain:
@@ -174,34 +171,14 @@ def call_delta(d: ToolCallDelta) -> dict[str, Any]:
     return {"index": d.index, "function": {"arguments": d.arguments}}
 
 
-class _Heads(dict[int, bytes]):
-    """Token id -> ``{"token":...,"bytes":[...],"logprob":`` (JSON up to its logprob), made on first use.
-    Only bytes are kept: nothing here is tracked by the cyclic collector."""
-
-    def __init__(self, tok: ModelTokenizer):
-        super().__init__()
-        self._tok = tok
-
-    def __missing__(self, token_id: int) -> bytes:
-        raw = self._tok.token_bytes(token_id)
-        text = raw.decode("utf-8", errors="replace")
-        head = self[token_id] = orjson.dumps({"token": text, "bytes": list(raw)})[:-1] + b',"logprob":'
-        return head
-
-
 class LogprobFormatter:
-    """Token logprobs in OpenAI's shapes. ``token`` is the token's own bytes decoded as the
-    detokeniser would show them alone: part of a multi-byte character shows as U+FFFD.
-
-    Chat logprobs are written as JSON directly (an orjson Fragment): each token's cached head, and the
-    floats serialised by orjson in one call per token (Python's float repr cost more than all the rest).
-    A streamed request with top_logprobs 5 carries six entries a token; built as dicts they cost the
-    frontend 45% more CPU per request (benchmarks.api_parity)."""
+    """Completions' logprobs in OpenAI's shape, from token ids and values (chat logprobs come written
+    by the workers: models.logprob_json). ``token`` is the token's own bytes decoded alone: part of a
+    multi-byte character shows as U+FFFD."""
 
     def __init__(self, tok: ModelTokenizer):
         self._tok = tok
         self._cache: dict[int, tuple[str, list[int]]] = {}
-        self._heads = _Heads(tok)
 
     def _token(self, token_id: int) -> tuple[str, list[int]]:
         hit = self._cache.get(token_id)
@@ -209,24 +186,6 @@ class LogprobFormatter:
             raw = self._tok.token_bytes(token_id)
             hit = self._cache[token_id] = (raw.decode("utf-8", errors="replace"), list(raw))
         return hit
-
-    def warm(self) -> None:
-        """Every token's JSON head now (~0.1 s and ~10 MB for a 49k vocabulary), so that no request
-        pays for the first sight of a token (~3 µs each, hundreds a request with top_logprobs)."""
-        for token_id in range(self._tok.vocab_size):
-            self._heads[token_id]  # made by __missing__
-
-    def chat(self, entries: list[tuple[int, TokenLogprobs]]) -> orjson.Fragment:
-        """Engines send finite logprobs (vLLM's -inf is floored where it is read)."""
-        heads, dumps = self._heads, orjson.dumps
-        out = []
-        for token_id, (lp, ids, lps) in entries:
-            tops = b""
-            if ids:
-                values = dumps(lps)[1:-1].split(b",")
-                tops = b"},".join(map(bytes.__add__, map(heads.__getitem__, ids), values)) + b"}"
-            out.append(b'%b%b,"top_logprobs":[%b]}' % (heads[token_id], dumps(lp), tops))
-        return orjson.Fragment(b'{"content":[%b],"refusal":null}' % b",".join(out))
 
     def completion(
         self,

@@ -35,12 +35,13 @@ class Generation:
     cached_tokens: int = 0
     started: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
-    # With logprobs: (token id, its logprobs) of the tokens whose text has been yielded since the last
-    # take_logprobs() (a consumer takes them with each text delta).
-    logprob_entries: list[tuple[int, TokenLogprobs]] = field(default_factory=list)
+    # With logprobs, those of the tokens whose text has been yielded since the last take_logprobs() (a
+    # consumer takes them with each text delta): chat entries as JSON written by the worker
+    # (sampling.logprobs_json), else (token id, its logprobs).
+    logprob_entries: list[Any] = field(default_factory=list)
     prompt_logprobs: list[TokenLogprobs | None] | None = None
 
-    def take_logprobs(self) -> list[tuple[int, TokenLogprobs]]:
+    def take_logprobs(self) -> list[Any]:
         taken, self.logprob_entries = self.logprob_entries, []
         return taken
 
@@ -112,8 +113,9 @@ def build_generation(
         structured=structured,
     )
     logprobs = getattr(body, "logprobs", None)
-    if isinstance(logprobs, bool):  # chat: logprobs true, top_logprobs k
+    if isinstance(logprobs, bool):  # chat: logprobs true, top_logprobs k, written by the worker
         sampling.logprobs = (getattr(body, "top_logprobs", None) or 0) if logprobs else None
+        sampling.logprobs_json = logprobs
     else:  # completions: logprobs k; echo shows the prompt's too
         sampling.logprobs = logprobs
         prompt_lp = getattr(body, "prompt_logprobs", None)
@@ -150,8 +152,11 @@ async def run_generation(
             n_new = len(out.token_ids)
             if out.cached_tokens is not None:
                 gen.cached_tokens = out.cached_tokens
-            if want_logprobs and out.logprobs:
-                gen.logprob_entries.extend(zip(out.token_ids, out.logprobs, strict=False))
+            if want_logprobs:
+                if out.logprobs_json:
+                    gen.logprob_entries.extend(out.logprobs_json)
+                elif out.logprobs:
+                    gen.logprob_entries.extend(zip(out.token_ids, out.logprobs, strict=True))
             if out.prompt_logprobs is not None:
                 gen.prompt_logprobs = out.prompt_logprobs
             if out.disagg is not None:

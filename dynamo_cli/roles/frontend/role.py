@@ -22,7 +22,6 @@ from dynamo_cli.roles.base import Role
 from dynamo_cli.roles.frontend.client import WorkerClient
 from dynamo_cli.roles.frontend.limits import MIB, RequestLimits
 from dynamo_cli.roles.frontend.metrics import FrontendMetrics
-from dynamo_cli.roles.frontend.outputs import LogprobFormatter
 from dynamo_cli.roles.frontend.parsing import BodyParser
 from dynamo_cli.roles.frontend.prepare import ChatSetup
 from dynamo_cli.roles.frontend.server import FrontendState, build_app
@@ -120,11 +119,8 @@ class FrontendRole(Role):
             max_body=int(fcfg.max_body_mb * MIB),
             routing=self.service,
             setup=ChatSetup.resolve(fcfg, tokenizer),
-            logprobs=LogprobFormatter(tokenizer),
         )
-        assert state.logprobs is not None
-        await asyncio.to_thread(state.logprobs.warm)
-        # What start-up built (tokenizer tables, logprob heads, the app) lives as long as the process: out
+        # What start-up built (tokenizer tables, the app) lives as long as the process: out
         # of the cyclic collector's way. A full collection walked it in ~40 ms, a stall of every stream
         # once every ~800 streamed requests; frozen, ~1 ms.
         gc.collect()

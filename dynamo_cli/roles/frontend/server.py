@@ -21,6 +21,7 @@ from starlette.types import Receive, Scope, Send
 
 from dynamo_cli.engines.base import TokenLogprobs
 from dynamo_cli.errors import UsageError
+from dynamo_cli.models.logprob_json import chat_logprobs
 from dynamo_cli.models.tokenizer import ModelTokenizer
 from dynamo_cli.roles.frontend.client import WorkerClient, WorkerFailure
 from dynamo_cli.roles.frontend.fields import Endpoint, UnknownFields, check_refused
@@ -67,7 +68,6 @@ class FrontendState:
     max_body: int  # bytes (frontend.max_body_mb)
     routing: RoutingService | None = None  # the embedded router, if any
     setup: ChatSetup = field(default_factory=lambda: ChatSetup("hermes", False, None))  # parsers in force
-    logprobs: LogprobFormatter | None = None  # made (and warmed) at start; else on first use
 
 
 def json_response(body: Any, status: int = 200) -> Response:
@@ -225,7 +225,7 @@ class Api:
         self.unknown = UnknownFields(
             lambda name: state.metrics.unknown_fields.labels(state.model, name).inc()
         )
-        self.logprobs = state.logprobs or LogprobFormatter(state.tokenizer)
+        self.logprobs = LogprobFormatter(state.tokenizer)
 
     # ---- common -----------------------------------------------------------------------------------
     async def _parse(
@@ -354,7 +354,7 @@ class Api:
                 choice: dict[str, Any] = {
                     "index": gen.index,
                     "message": shaper.message(),
-                    "logprobs": self.logprobs.chat(gen.logprob_entries) if want_lp else None,
+                    "logprobs": chat_logprobs(gen.logprob_entries) if want_lp else None,
                     "finish_reason": shaper.finish_reason(gen.finish_reason),
                 }
             else:
@@ -462,7 +462,7 @@ class Api:
                     if piece.calls:
                         delta["tool_calls"] = [call_delta(d) for d in piece.calls]
                     if delta or entries:
-                        yield chat_chunk(gen, delta, None, fmt.chat(entries) if want_lp else None)
+                        yield chat_chunk(gen, delta, None, chat_logprobs(entries) if want_lp else None)
                     if ended:
                         yield chat_chunk(gen, {}, shaper.finish_reason(gen.finish_reason), None)
                 else:
