@@ -229,6 +229,7 @@ class ToolParser:
         self._lead = True  # nothing but whitespace since the start or the last call
         self._calls = 0
         self._scan = _BracketScan(self.quotes, self.brackets)
+        self._close_from = 0  # an open block's closing tag is not before this (no rescans of long blocks)
 
     def feed(self, text: str) -> list[Delta]:
         out: list[Delta] = []
@@ -278,6 +279,7 @@ class ToolParser:
                 text, self._buf = self._buf[:end], self._buf[end:]
                 self._in_block = False
                 self._scan.reset()
+                self._close_from = 0
                 if calls is None:
                     self._content(text, out)
                 for name, args in calls or []:
@@ -313,6 +315,14 @@ class ToolParser:
             if k and len(buf) - k < best[0]:
                 best = (len(buf) - k, False)
         return best
+
+    def _find_close(self, buf: str, tag: str, start: int) -> int:
+        """Where ``tag`` closes the open block, or -1; each call searches only what is new since the last
+        (a block as long as the output would otherwise be searched once a token)."""
+        close = buf.find(tag, max(start, self._close_from))
+        if close == -1:
+            self._close_from = max(start, len(buf) - len(tag) + 1)
+        return close
 
     def _content(self, text: str, out: list[Delta]) -> None:
         body = self._take_content(text)
@@ -355,7 +365,7 @@ class _TaggedParser(ToolParser):
     CLOSE: ClassVar[str]
 
     def _scan_block(self, buf: str, final: bool) -> _Block | None:
-        close = buf.find(self.CLOSE, len(self.OPEN))
+        close = self._find_close(buf, self.CLOSE, len(self.OPEN))
         if close != -1:
             return close + len(self.CLOSE), self._body_calls(buf[len(self.OPEN) : close], closed=True)
         if not final:
@@ -658,7 +668,7 @@ class PythonicParser(ToolParser):
     def _scan_block(self, buf: str, final: bool) -> _Block | None:
         incomplete = None if not final else (len(buf), None)
         if buf.startswith(self.START):  # Llama 4: <|python_start|>[...]<|python_end|>
-            close = buf.find(self.END, len(self.START))
+            close = self._find_close(buf, self.END, len(self.START))
             if close != -1:
                 return close + len(self.END), _python_calls(buf[len(self.START) : close])
             return incomplete if not final else (len(buf), _python_calls(buf[len(self.START) :]))
