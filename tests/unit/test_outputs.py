@@ -54,11 +54,20 @@ def test_required_calls_and_parallel_false_keeps_one() -> None:
     assert len(msg["tool_calls"]) == 1
 
 
-def test_a_forced_call_cut_short_returns_the_partial_text() -> None:
+def test_a_named_call_streams_its_arguments_and_cut_short_they_are_partial() -> None:
     shaper = ChoiceShaper(forced=ForcedCall("get_weather"))
-    _, msg = shape(shaper, ['{"city": "Ro'])
-    assert msg["content"] == '{"city": "Ro' and "tool_calls" not in msg
+    deltas, msg = shape(shaper, ['{"city":', ' "Ro'])
+    first, second = (d.calls[0] for d in deltas[:2])
+    assert first.id and first.name == "get_weather" and first.arguments == '{"city":'
+    assert second.id is None and second.name is None and second.arguments == ' "Ro'
+    assert msg["tool_calls"][0]["function"]["arguments"] == '{"city": "Ro'  # as OpenAI returns it
     assert shaper.finish_reason("length") == "length"
+
+
+def test_required_calls_cut_short_are_the_partial_text() -> None:
+    shaper = ChoiceShaper(forced=ForcedCall(None))
+    _, msg = shape(shaper, ['[{"name": "get_we'])
+    assert msg["content"] == '[{"name": "get_we' and "tool_calls" not in msg
 
 
 @pytest.mark.parametrize("k", [0, 1, 3])

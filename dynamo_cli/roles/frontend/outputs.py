@@ -30,8 +30,8 @@ class Piece:
 
 @dataclass(frozen=True, slots=True)
 class ForcedCall:
-    """tool_choice required (a JSON array of calls) or a named function (its arguments object): the
-    output is constrained to that JSON (structured outputs) and becomes the calls when it ends."""
+    """tool_choice required (a JSON array of calls, made calls when it ends) or a named function (its
+    arguments object, streamed as the call's arguments): the output is constrained to that JSON."""
 
     name: str | None  # the named function; None: required
     single: bool = False  # required with parallel_tool_calls false: one call
@@ -85,7 +85,7 @@ class ChoiceShaper:
             self._content(text, piece)
         if self._tools is not None:
             self._route(self._tools.finish(), piece)
-        elif self._forced is not None:
+        elif self._forced is not None and self._forced.name is None:
             self._end_forced(piece)
         return self._keep(piece)
 
@@ -94,6 +94,12 @@ class ChoiceShaper:
             return
         if self._tools is not None:
             self._route(self._tools.feed(text), piece)
+        elif self._forced is not None and self._forced.name is not None:
+            # A named call: the output is its arguments object, streamed as it comes (as OpenAI does;
+            # cut short by max_tokens, the arguments are partial and finish_reason is "length").
+            first = not self.calls and not any(d.index == 0 for d in piece.calls)
+            call_id, name = (new_call_id(), self._forced.name) if first else (None, None)
+            piece.calls.append(ToolCallDelta(0, call_id, name, text))
         elif self._forced is not None:
             self._buffer.append(text)
         else:
@@ -107,20 +113,18 @@ class ChoiceShaper:
                 piece.calls.append(d)
 
     def _end_forced(self, piece: Piece) -> None:
+        """tool_choice required: the array of calls, whole at the end."""
         forced = self._forced
         assert forced is not None
         text = "".join(self._buffer)
         try:
             value = json.loads(text)
-        except ValueError:  # cut short (length): the partial JSON is the content, as OpenAI returns it
+        except ValueError:  # cut short (length): the partial JSON is the content
             piece.content += text
             return
-        if forced.name is not None:
-            calls = [(forced.name, value)]
-        else:
-            calls = [(c.get("name"), c.get("arguments", c.get("parameters", {}))) for c in value]
-            if forced.single:
-                calls = calls[:1]
+        calls = [(c.get("name"), c.get("arguments", c.get("parameters", {}))) for c in value]
+        if forced.single:
+            calls = calls[:1]
         for i, (name, args) in enumerate(calls):
             args_text = json.dumps(args, ensure_ascii=False)
             piece.calls.append(ToolCallDelta(i, new_call_id(), str(name), args_text))
