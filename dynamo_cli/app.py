@@ -14,7 +14,7 @@ app = typer.Typer(
     help="Bring up a distributed LLM serving system with one command: OpenAI frontend, KV-aware router, "
     "prefill/decode workers, planner. Run `dynamo COMMAND --help` for examples.",
     no_args_is_help=True,
-    rich_markup_mode="rich",
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
 )

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -284,3 +285,41 @@ def test_help_does_not_import_heavy_modules() -> None:
     )
     assert heavy == []
     assert "Usage" in out  # the help really was rendered
+
+
+def _commands() -> list[list[str]]:
+    import typer
+
+    from dynamo_cli.app import app
+
+    found: list[list[str]] = []
+
+    def walk(cmd: Any, path: list[str]) -> None:  # typer's own (vendored) click objects
+        found.append(path)
+        for name, sub in getattr(cmd, "commands", {}).items():
+            walk(sub, [*path, name])
+
+    walk(typer.main.get_command(app), [])
+    return found
+
+
+@pytest.mark.parametrize("path", _commands(), ids=lambda p: " ".join(p) or "dynamo")
+def test_every_help_is_readable_at_80_columns(path: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from dynamo_cli.app import app
+
+    monkeypatch.setenv("COLUMNS", "80")
+    result = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "80"}, terminal_width=80)
+    assert result.exit_code == 0, result.output
+    out = ANSI.sub("", result.output)
+    assert "…" not in out
+    assert max(len(line) for line in out.splitlines()) <= 80
+    cmd = typer.main.get_command(app)
+    for name in path:
+        cmd = cmd.commands[name]  # type: ignore[attr-defined]
+    for param in cmd.params:
+        if param.param_type_name == "option" and not getattr(param, "hidden", False):
+            for flag in [*param.opts, *param.secondary_opts]:
+                assert flag in out, f"{flag} is not shown whole"
