@@ -54,9 +54,11 @@ def test_builtin_profiles_are_listed_and_validate() -> None:
     for name in ("agg", "disagg"):
         raw = yaml.safe_load((profiles_dir() / f"{name}.yaml").read_text())
         DynamoConfig.model_validate(raw)  # the file alone, without any other source
-        cfg = load_config(name, environ={})
-        assert cfg.workers.count == raw["workers"]["count"]
-        assert cfg.router.mode == raw["router"]["mode"]
+        cfg = load_config(name, environ={}).model_dump()
+        for section, values in raw.items():  # every key written is the value in force
+            for key, value in values.items() if isinstance(values, dict) else [(None, values)]:
+                got = cfg[section] if key is None else cfg[section][key.replace("-", "_")]
+                assert got == value, (name, section, key)
 
 
 def test_a_profile_can_be_given_as_a_path(profile: str) -> None:
@@ -399,3 +401,34 @@ def test_dump_config_round_trips_through_load(tmp_path: Path, sets: list[str]) -
     assert again == cfg
     # every section is written out, so the dump documents every key
     assert set(yaml.safe_load(text)) == set(DynamoConfig.model_fields)
+
+
+# seed 001's four disagg keys: shown in disagg.yaml on purpose, defaults or not.
+SHOWN_ON_PURPOSE = {
+    ("disagg", "disagg.remote_prefill"),
+    ("disagg", "disagg.conditional_disagg"),
+    ("disagg", "disagg.max_local_prefill_length"),
+    ("disagg", "disagg.max_prefill_queue_size"),
+}
+
+
+@pytest.mark.parametrize("profile", ["agg", "disagg"])
+def test_profiles_hold_only_what_differs_from_the_defaults(profile: str) -> None:
+    defaults = DynamoConfig().model_dump()
+    written = yaml.safe_load((profiles_dir() / f"{profile}.yaml").read_text())
+    restated = []
+
+    def walk(value: object, path: list[str]) -> None:
+        if isinstance(value, dict):
+            for key, sub in value.items():
+                walk(sub, [*path, str(key).replace("-", "_")])
+            return
+        default: object = defaults
+        for key in path:
+            default = default[key]  # type: ignore[index]
+        key = ".".join(path)
+        if value == default and (profile, key) not in SHOWN_ON_PURPOSE:
+            restated.append(key)
+
+    walk(written, [])
+    assert restated == [], f"{profile}.yaml restates defaults: {restated}"
