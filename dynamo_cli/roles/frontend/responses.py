@@ -320,49 +320,21 @@ class ResponseEvents:
         self._open = None
         index = len(self.output)
         events: list[dict[str, Any]] = []
+        at = {"item_id": item["id"], "output_index": index}
+        text = self._written
         if item["type"] == "message":
-            done = _message_item(item["id"], self._written)
+            done = _message_item(item["id"], text)
             part = done["content"][0]
             events.append(
-                self._event(
-                    "response.output_text.done",
-                    item_id=item["id"],
-                    output_index=index,
-                    content_index=0,
-                    text=self._written,
-                    logprobs=[],
-                )
+                self._event("response.output_text.done", **at, content_index=0, text=text, logprobs=[])
             )
-            events.append(
-                self._event(
-                    "response.content_part.done",
-                    item_id=item["id"],
-                    output_index=index,
-                    content_index=0,
-                    part=part,
-                )
-            )
+            events.append(self._event("response.content_part.done", **at, content_index=0, part=part))
         elif item["type"] == "reasoning":
-            done = _reasoning_item(item["id"], self._written)
-            events.append(
-                self._event(
-                    "response.reasoning_text.done",
-                    item_id=item["id"],
-                    output_index=index,
-                    content_index=0,
-                    text=self._written,
-                )
-            )
+            done = _reasoning_item(item["id"], text)
+            events.append(self._event("response.reasoning_text.done", **at, content_index=0, text=text))
         else:
-            done = {**item, "arguments": self._written, "status": "completed"}
-            events.append(
-                self._event(
-                    "response.function_call_arguments.done",
-                    item_id=item["id"],
-                    output_index=index,
-                    arguments=self._written,
-                )
-            )
+            done = {**item, "arguments": text, "status": "completed"}
+            events.append(self._event("response.function_call_arguments.done", **at, arguments=text))
         events.append(self._event("response.output_item.done", output_index=index, item=done))
         self.output.append(done)
         self._written = ""
