@@ -233,8 +233,10 @@ class ToolParser:
 
     def feed(self, text: str) -> list[Delta]:
         out: list[Delta] = []
-        if not self._buf and not (self._lead and self.lead_markers) and self._plain(text):
-            self._content(text, out)  # the common case: no marker can start in this text
+        body = self.feed_content(text)  # the common case: no marker can start in this text
+        if body is not None:
+            if body:
+                out.append(ContentDelta(body))
             return out
         self._buf += text
         self._run(out, final=False)
