@@ -70,8 +70,12 @@ async def _one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, paylo
     return Sample(t0, ttft, time.perf_counter(), chunks, status)
 
 
-async def run_load(url: str, path: str, bodies: list[bytes], *, concurrency: int, total: int) -> Result:
-    """Send ``total`` requests over ``concurrency`` keep-alive connections, cycling through bodies."""
+async def run_load(
+    url: str, path: str, bodies: list[bytes], *, concurrency: int, total: int, rate: float | None = None
+) -> Result:
+    """Send ``total`` requests over ``concurrency`` keep-alive connections, cycling through bodies.
+    With ``rate`` (requests/s), request i is sent no earlier than i / rate seconds after the start (an
+    open-loop arrival, as long as a connection is free), so variants can be compared at equal load."""
     u = urlparse(url)
     host, port = u.hostname or "127.0.0.1", u.port or 80
     payloads = [_request_bytes(f"{host}:{port}", path, b) for b in bodies]
@@ -82,6 +86,8 @@ async def run_load(url: str, path: str, bodies: list[bytes], *, concurrency: int
         reader, writer = await asyncio.open_connection(host, port, limit=1 << 22)
         try:
             for i in counter:
+                if rate:
+                    await asyncio.sleep(result.started + i / rate - time.perf_counter())
                 try:
                     s = await _one(reader, writer, payloads[i % len(payloads)])
                 except (asyncio.IncompleteReadError, ConnectionError):
