@@ -61,7 +61,7 @@ JSON_PROMPT = [{"role": "user", "content": "List six things to pack for a trip t
 
 
 def _frontend(args: argparse.Namespace) -> None:
-    from dynamo_cli.roles.frontend.tool_parsers import PARSERS
+    from dynamo_cli.frontend.tool_parsers import PARSERS
 
     guide = PARSERS["hermes"].render_tools([WEATHER])  # what the frontend adds for SmolLM2's template
     variants: dict[str, dict[str, Any]] = {
@@ -209,8 +209,8 @@ def _json_phase(url: str, model: str, args: argparse.Namespace) -> dict[str, flo
 
 def _json(args: argparse.Namespace) -> None:
     from benchmarks.vllm_vs_dynamo import vllm_server
+    from dynamo_cli.deployment.handle import start
     from dynamo_cli.models.embedded import EMBEDDED_NAME, prepare_weights
-    from dynamo_cli.runtime.handle import start
 
     folder = prepare_weights()
     results: dict[str, dict[str, float]] = {}

@@ -21,7 +21,7 @@ import time
 from dynamo_cli.bench.multi_round import LoadSpec, MultiRoundLoad
 from dynamo_cli.bench.report import summarize
 from dynamo_cli.bench.workload import Workload
-from dynamo_cli.runtime.servers import free_port
+from dynamo_cli.transport.ports import free_port
 
 
 def _response(answer_len: int) -> bytes:

@@ -48,8 +48,8 @@ import httpx
 from benchmarks.loadgen import pct
 from benchmarks.workload import text
 from dynamo_cli.bench.http import Connection, Endpoint
+from dynamo_cli.deployment.handle import start
 from dynamo_cli.roles.prefill import MAX_IN_FLIGHT
-from dynamo_cli.runtime.handle import start
 
 
 @dataclass

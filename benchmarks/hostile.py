@@ -28,7 +28,7 @@ from pathlib import Path
 
 import orjson
 
-from dynamo_cli.runtime.handle import Deployment, start
+from dynamo_cli.deployment.handle import Deployment, start
 
 MiB = 1 << 20
 CHAT = "/v1/chat/completions"

@@ -14,9 +14,10 @@ import random
 import statistics
 import time
 
-from dynamo_cli.engines.base import KvEvent
+from dynamo_cli.config.models import RouterConfig
 from dynamo_cli.kv.hashing import sequence_block_hashes
 from dynamo_cli.routing.kv_router import KvRouter
+from dynamo_cli.transport.wire import KvEvent
 
 BS = 16
 
@@ -28,7 +29,7 @@ def main() -> None:
     ap.add_argument("--decisions", type=int, default=5000)
     args = ap.parse_args()
     rng = random.Random(0)
-    router = KvRouter(BS, seed=0)
+    router = KvRouter(BS, RouterConfig(seed=0))
     workers = list(range(1, args.workers + 1))
     for w in workers:
         router.add_worker(w)

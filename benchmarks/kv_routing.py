@@ -23,7 +23,7 @@ import openai
 
 from benchmarks.loadgen import pct
 from benchmarks.workload import text
-from dynamo_cli.runtime.handle import start
+from dynamo_cli.deployment.handle import start
 
 
 async def user(

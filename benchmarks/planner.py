@@ -30,7 +30,7 @@ from typing import Any
 from benchmarks.loadgen import pct
 from benchmarks.workload import text
 from dynamo_cli.bench.http import Endpoint, chat_once
-from dynamo_cli.runtime.handle import Deployment, start
+from dynamo_cli.deployment.handle import Deployment, start
 
 MOCKER = ["--engine", "mocker", "--set", "mocker.num_blocks=1024", "--set", "router.mode=kv"]
 

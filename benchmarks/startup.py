@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dynamo_cli.runtime.handle import start
+from dynamo_cli.deployment.handle import start
 
 
 def main() -> None:

@@ -19,12 +19,12 @@ from pathlib import Path
 
 from benchmarks.loadgen import pct, run_load
 from benchmarks.workload import chat, free_engine_deployment, streaming_chat_body
-from dynamo_cli.engines.base import EngineRequest, SamplingOptions
 from dynamo_cli.models.embedded import prepare_tokenizer_folder
 from dynamo_cli.models.tokenizer import ModelTokenizer
-from dynamo_cli.runtime import protocol
-from dynamo_cli.runtime.discovery import EtcdDiscovery
-from dynamo_cli.runtime.messaging import NatsRequestPlane
+from dynamo_cli.transport import protocol
+from dynamo_cli.transport.discovery import EtcdDiscovery
+from dynamo_cli.transport.messaging import NatsRequestPlane
+from dynamo_cli.transport.wire import EngineRequest, SamplingOptions
 
 
 async def direct(etcd: str, nats: str, prompts: list[list[int]], max_tokens: int) -> list[float]:

@@ -22,9 +22,9 @@ import httpx
 
 from benchmarks.loadgen import pct, run_load
 from benchmarks.workload import chat, streaming_chat_body
+from dynamo_cli.deployment.handle import start
 from dynamo_cli.models.embedded import EMBEDDED_NAME, prepare_weights
-from dynamo_cli.runtime.handle import start
-from dynamo_cli.runtime.servers import free_port
+from dynamo_cli.transport.ports import free_port
 
 
 def measure(url: str, model: str, concurrency: int, requests: int, max_tokens: int) -> tuple[float, float]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import orjson
 
-from dynamo_cli.runtime.handle import Deployment, start
+from dynamo_cli.deployment.handle import Deployment, start
 
 _WORDS = (
     "the of and to in is that for it as was with be by on not he this are or his from at which "

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from dynamo_cli.runtime.servers import ServerPlan, etcd_version, nats_info, plan_etcd, plan_nats
+from dynamo_cli.deployment.servers import ServerPlan, etcd_version, nats_info, plan_etcd, plan_nats
 
 
 def _start(plan: ServerPlan, ready: Callable[[], bool], log: Path) -> subprocess.Popen[bytes]:

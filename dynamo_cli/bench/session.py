@@ -200,7 +200,7 @@ def deployment(spec: str, extra: list[str], timeout: float = 600) -> Iterator[tu
     """`dynamo run SPEC EXTRA...` on private etcd/NATS and a free port; yields (base_url, model, label).
 
     SPEC is a profile name or path, optionally followed by `dynamo run` flags ("agg --workers 2")."""
-    from dynamo_cli.runtime.handle import start
+    from dynamo_cli.deployment.handle import start
 
     argv = shlex.split(spec)
     if not argv:

@@ -40,9 +40,9 @@ def _parsers_in_force(cfg: DynamoConfig) -> str:
     (auto resolved from its chat template). Only a model already on disk is looked at."""
     from pathlib import Path
 
+    from dynamo_cli.frontend.prepare import ChatSetup
     from dynamo_cli.models.resolve import EMBEDDED_ALIASES, resolve_model
     from dynamo_cli.models.tokenizer import ModelTokenizer
-    from dynamo_cli.roles.frontend.prepare import ChatSetup
 
     if cfg.model not in EMBEDDED_ALIASES and not Path(str(cfg.model)).expanduser().is_dir():
         return f"tool calls: {cfg.frontend.tool_call_parser} (resolved when the model is downloaded)"

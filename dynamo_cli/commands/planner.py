@@ -53,8 +53,8 @@ def profile(
     ] = None,
     json_output: o.Json = False,
 ) -> None:
-    from dynamo_cli.planner.profiling import ProfileSpec
-    from dynamo_cli.planner.profiling_cli import run_profile
+    from dynamo_cli.bench.profiling import ProfileSpec
+    from dynamo_cli.bench.profiling_cli import run_profile
 
     spec = ProfileSpec(ttft_ms / 1000, itl_ms / 1000, isl, osl, step_s, max_rps=max_rps)
     extra: list[str] = []

@@ -131,8 +131,8 @@ def run(
 ) -> int:
     from dynamo_cli.config.loader import load_config
     from dynamo_cli.console import err_console
-    from dynamo_cli.runtime.launcher import run_deployment
-    from dynamo_cli.runtime.lifecycle import configure_logging
+    from dynamo_cli.deployment.launcher import run_deployment
+    from dynamo_cli.lifecycle import configure_logging
 
     flags = {
         **o.common_flags(model, engine, namespace),

@@ -123,6 +123,10 @@ class RouterConfig(_Model):
     max_restarts: int = Field(5, ge=0, description="Restarts of a dead router before the deployment stops.")
 
 
+# Worker groups, named as in the profile: `workers` (aggregated or decode) and `prefill_workers`.
+Group = Literal["workers", "prefill_workers"]
+
+
 class WorkerGroupConfig(_Model):
     count: int = Field(1, ge=0, le=1024, description="Worker processes in this group.")
     gpus: str | None = Field(
@@ -394,10 +398,3 @@ class DynamoConfig(_Model):
     def disaggregated(self) -> bool:
         """Separate prefill and decode workers (even if remote prefill is off: seed 001's trap)."""
         return self.disagg.remote_prefill or self.prefill_workers.size > 0
-
-    @property
-    def kv_block_size(self) -> int:
-        """The engine's KV block size: what block hashes are computed over."""
-        if self.engine == "mocker":
-            return self.mocker.block_size
-        return self.vllm.block_size or 16

@@ -16,9 +16,8 @@ import yaml
 
 from dynamo_cli import __version__
 from dynamo_cli.config.loader import dump_config
-from dynamo_cli.config.models import DynamoConfig, WorkerGroupConfig, parse_gpu_list
+from dynamo_cli.config.models import DynamoConfig, Group, WorkerGroupConfig, parse_gpu_list
 from dynamo_cli.errors import UsageError
-from dynamo_cli.planner.connector import Group
 
 DEFAULT_IMAGE = f"dynamo-cli:{__version__}"
 ETCD_IMAGE = "quay.io/coreos/etcd:v3.5.17"

@@ -124,7 +124,7 @@ def _groups(ctx: Context) -> list[tuple[str, WorkerGroupConfig]]:
 
 def check_gpu_lists(ctx: Context) -> Iterator[Result]:
     """Every GPU a group names exists and the groups split evenly; the checks `dynamo run` makes at start."""
-    from dynamo_cli.runtime.placement import worker_envs
+    from dynamo_cli.deployment.placement import worker_envs
 
     groups = _groups(ctx)
     listed = [(key, g) for key, g in groups if g.gpus]

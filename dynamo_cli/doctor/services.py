@@ -11,15 +11,9 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+from dynamo_cli.deployment.servers import etcd_version, find_etcd, find_nats_server, nats_info
 from dynamo_cli.doctor.checks import Context, Result
-from dynamo_cli.runtime.servers import (
-    DEFAULT_ETCD,
-    DEFAULT_NATS,
-    etcd_version,
-    find_etcd,
-    find_nats_server,
-    nats_info,
-)
+from dynamo_cli.transport.ports import DEFAULT_ETCD, DEFAULT_NATS
 
 PROBE_S = 0.5  # per connection: a loopback server answers in microseconds
 _ETCD_BUGGY = ("3.5.0", "3.5.1", "3.5.2")  # a known data-inconsistency bug

@@ -25,16 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from dynamo_cli.config.models import DynamoConfig
-from dynamo_cli.engines.base import (
-    Engine,
-    EngineOutput,
-    EngineRequest,
-    FinishReason,
-    KvEvent,
-    KvEventSink,
-    LoadMetrics,
-    TokenLogprobs,
-)
+from dynamo_cli.engines import kv_block_size
+from dynamo_cli.engines.base import Engine, KvEventSink
 from dynamo_cli.engines.vllm_nixl import (
     PullPlanner,
     kv_transfer_config,
@@ -42,8 +34,16 @@ from dynamo_cli.engines.vllm_nixl import (
     prefill_result,
 )
 from dynamo_cli.errors import StartupError
+from dynamo_cli.kv.fallbacks import FALLBACKS, KV_LEASE, PREFILL_TIMEOUT, TRANSFER
 from dynamo_cli.kv.hashing import chain_hashes, local_block_hashes
-from dynamo_cli.runtime.fallbacks import FALLBACKS, KV_LEASE, PREFILL_TIMEOUT, TRANSFER
+from dynamo_cli.transport.wire import (
+    EngineOutput,
+    EngineRequest,
+    FinishReason,
+    KvEvent,
+    LoadMetrics,
+    TokenLogprobs,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -72,10 +72,6 @@ def cuda_available() -> bool:
         return bool(torch.cuda.is_available())
     except ImportError:
         return False
-
-
-def default_block_size(on_gpu: bool) -> int:
-    return 16 if on_gpu else 128  # vLLM on CPU needs a multiple of 32
 
 
 class KvEventTranslator:
@@ -172,7 +168,7 @@ class VllmEngine(Engine):
         self.model_path = model_path
         self.seed = seed
         self.on_gpu = cuda_available()
-        self.block_size = cfg.vllm.block_size or default_block_size(self.on_gpu)
+        self.block_size = kv_block_size(cfg, self.on_gpu)
         self._engine: Any = None
         self._load = LoadMetrics(0, 0, 0, 1)
         self._total_blocks = 1

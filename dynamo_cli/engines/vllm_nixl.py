@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from dynamo_cli.config.models import DynamoConfig
-from dynamo_cli.engines.base import EngineRequest
 from dynamo_cli.errors import StartupError
-from dynamo_cli.runtime.fallbacks import FALLBACKS, KV_LEASE, SIDE_CHANNEL, TRANSFER
-from dynamo_cli.runtime.servers import listen_port
+from dynamo_cli.kv.fallbacks import FALLBACKS, KV_LEASE, SIDE_CHANNEL, TRANSFER
+from dynamo_cli.transport.ports import listen_port
+from dynamo_cli.transport.wire import EngineRequest
 
 logger = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from dynamo_cli.kv.transfer import _HDR, HEADER, TransferError
+from dynamo_cli.kv.region import _HDR, HEADER, TransferError
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import socket
 import struct
 from typing import TYPE_CHECKING, Any
 
-from dynamo_cli.kv.transfer import HEADER, TransferError
+from dynamo_cli.kv.region import HEADER, TransferError
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 import numpy as np
 
+from dynamo_cli.kv.region import _HDR, HEADER, TransferError
+
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
@@ -38,16 +40,10 @@ T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
-HEADER = 64  # bytes reserved before each region's payload; also the alignment of regions
-_HDR = struct.Struct("<QQQ")  # incarnation, generation, payload bytes (0, 0, 0 once released)
 _PEER_KEYS = {"tcp": ("host", "port"), "nixl": ("nixl", "base")}  # what each backend reads of a peer
 
 
 Backend = Literal["auto", "nixl", "tcp"]
-
-
-class TransferError(Exception):
-    """A transfer that did not complete: peer gone, timeout, region released, bad metadata."""
 
 
 class ArenaFull(TransferError):

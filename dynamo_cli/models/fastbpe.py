@@ -31,10 +31,21 @@ CHECK_CORPUS = [
 ]
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    from dynamo_cli.models.tokenizer import _bytes_to_unicode as b2u
-
-    return b2u()
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte <-> printable character map used by byte-level BPE."""
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs), strict=True))
 
 
 def _pattern(pre: dict[str, Any] | None) -> str | None:
@@ -101,7 +112,7 @@ class FastBpe:
             t.get("lstrip") or t.get("rstrip") or t.get("single_word") or t.get("normalized") for t in added
         ):
             return None
-        b2u = _bytes_to_unicode()
+        b2u = bytes_to_unicode()
         u2b = {c: b for b, c in b2u.items()}
         vocab: dict[str, int] = model["vocab"]
         try:

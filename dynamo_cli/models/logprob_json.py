@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import orjson
 
-from dynamo_cli.engines.base import TokenLogprobs
 from dynamo_cli.models.tokenizer import ModelTokenizer
+from dynamo_cli.transport.wire import TokenLogprobs
 
 
 class _Heads(dict[int, bytes]):

@@ -16,25 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from dynamo_cli.errors import StartupError, UsageError
+from dynamo_cli.models.fastbpe import FastBpe, bytes_to_unicode
 
 logger = logging.getLogger(__name__)
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte <-> printable character map used by byte-level BPE."""
-    bs = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, (chr(c) for c in cs), strict=True))
 
 
 def _token_text(value: Any) -> str | None:
@@ -94,8 +78,6 @@ class ModelTokenizer:
         self.longest_token = self._longest_token(spec)
         self._fast = None
         if fast_encode:
-            from dynamo_cli.models.fastbpe import FastBpe
-
             self._fast = FastBpe.build(
                 spec, lambda text: self.tokenizer.encode(text, add_special_tokens=False).ids
             )
@@ -157,7 +139,7 @@ class ModelTokenizer:
         decoder = spec.get("decoder") or {}
         if decoder.get("type") != "ByteLevel":
             return None
-        b2u = {c: b for b, c in _bytes_to_unicode().items()}
+        b2u = {c: b for b, c in bytes_to_unicode().items()}
         size = self.tokenizer.get_vocab_size(with_added_tokens=True)
         table: list[bytes] = [b""] * size
         added = {t["id"]: t for t in spec.get("added_tokens", [])}

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal, Protocol
+from typing import Protocol
 
-# Worker groups, named as in the profile: `workers` (aggregated or decode) and `prefill_workers`.
-Group = Literal["workers", "prefill_workers"]
+from dynamo_cli.config.models import Group
 
 
 class Connector(Protocol):

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from dynamo_cli.engines.base import LoadMetrics
-from dynamo_cli.planner.connector import Group
+from dynamo_cli.config.models import Group
 from dynamo_cli.planner.policy import Observation
+from dynamo_cli.transport.wire import LoadMetrics
 
 _REQUESTS = "dynamo_frontend_requests"
 _INFLIGHT = "dynamo_frontend_inflight_requests"

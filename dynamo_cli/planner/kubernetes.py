@@ -24,10 +24,9 @@ from typing import Any
 
 import httpx
 
-from dynamo_cli.config.models import DynamoConfig
+from dynamo_cli.config.models import DynamoConfig, Group
 from dynamo_cli.deploy.k8s import REASON_ANNOTATION, deployment_name, worker_groups
 from dynamo_cli.errors import RuntimeFailure, StartupError
-from dynamo_cli.planner.connector import Group
 
 logger = logging.getLogger(__name__)
 

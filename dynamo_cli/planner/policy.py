@@ -16,15 +16,16 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
-from dynamo_cli.config.models import DynamoConfig
+from dynamo_cli.config.models import DynamoConfig, Group, PlannerLoadConfig, PlannerSlaConfig
 from dynamo_cli.errors import UsageError
-from dynamo_cli.planner.connector import Group
 
 
 @dataclass(frozen=True)
 class Bounds:
-    min: int = 1
-    max: int = 8
+    """A group's worker count limits (``planner.workers`` / ``planner.prefill_workers`` in the config)."""
+
+    min: int
+    max: int
 
     def clamp(self, n: int) -> int:
         return max(self.min, min(self.max, n))
@@ -57,19 +58,9 @@ class Decision:
         return self.target - self.current
 
 
-@dataclass(frozen=True)
-class LoadPolicyConfig:
-    queue_high: float = 2.0  # prefills waiting per prefill worker before adding one
-    queue_low: float = 0.2
-    kv_high: float = 0.7  # decode KV utilisation before adding a worker
-    kv_low: float = 0.3
-    hysteresis: int = 2  # intervals in a row past a threshold before acting
-    cooldown_s: float = 30.0
-
-
 @dataclass
 class LoadPolicy:
-    config: LoadPolicyConfig
+    config: PlannerLoadConfig
     bounds: dict[Group, Bounds]
     _streak: dict[tuple[Group, int], int] = field(default_factory=dict)
     _last_change: dict[Group, float] = field(default_factory=dict)
@@ -127,7 +118,7 @@ class WorkerProfile:
 class Predictor:
     """Next interval's value: a moving average plus the recent linear trend (never below zero)."""
 
-    def __init__(self, window: int = 6) -> None:
+    def __init__(self, window: int) -> None:
         self.values: deque[float] = deque(maxlen=window)
 
     def add(self, value: float) -> None:
@@ -151,13 +142,15 @@ class Predictor:
 class SlaPolicy:
     profile: WorkerProfile
     bounds: dict[Group, Bounds]
-    headroom: float = 0.9  # plan each worker at this share of its profiled capacity
-    max_step: int = 1  # workers a group may move per interval
-    rate: Predictor = field(default_factory=Predictor)
-    isl: Predictor = field(default_factory=Predictor)
-    osl: Predictor = field(default_factory=Predictor)
-    down_after: int = 3  # intervals in a row wanting fewer workers before one goes (up is at once)
+    config: PlannerSlaConfig  # headroom, max_step, the predictor's window, scale_down_intervals
     _down: dict[Group, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.headroom = self.config.headroom  # plan each worker at this share of its profiled capacity
+        self.max_step = self.config.max_step  # workers a group may move per interval
+        # intervals in a row wanting fewer workers before one goes (up is at once)
+        self.down_after = self.config.scale_down_intervals
+        self.rate, self.isl, self.osl = (Predictor(self.config.window) for _ in range(3))
 
     def decide(self, obs: Observation) -> list[Decision]:
         self.rate.add(obs.request_rate)
@@ -206,19 +199,11 @@ def make_policy(cfg: DynamoConfig) -> Policy:
     p = cfg.planner
     bounds = planned_groups(cfg)
     if p.policy == "load":
-        lc = p.load
-        config = LoadPolicyConfig(
-            lc.queue_high, lc.queue_low, lc.kv_high, lc.kv_low, lc.hysteresis, lc.cooldown_s
-        )
-        return LoadPolicy(config, bounds)
+        return LoadPolicy(p.load, bounds)
     s = p.sla
     if not (s.prefill_tokens_per_s and s.decode_tokens_per_s):
         raise UsageError(
             "the sla policy needs planner.sla.prefill_tokens_per_s and decode_tokens_per_s",
             hint="measure them with `dynamo planner profile PROFILE`",
         )
-    profile = WorkerProfile(s.prefill_tokens_per_s, s.decode_tokens_per_s)
-    window = lambda: Predictor(s.window)  # noqa: E731
-    return SlaPolicy(
-        profile, bounds, s.headroom, s.max_step, window(), window(), window(), s.scale_down_intervals
-    )
+    return SlaPolicy(WorkerProfile(s.prefill_tokens_per_s, s.decode_tokens_per_s), bounds, s)

@@ -10,10 +10,10 @@ from typing import Any
 from dynamo_cli.config.models import DynamoConfig
 from dynamo_cli.engines.base import Engine
 from dynamo_cli.errors import RequestError, StartupError, UsageError
-from dynamo_cli.runtime.discovery import EtcdDiscovery
-from dynamo_cli.runtime.lifecycle import die_with_parent, install_signal_handlers, report_ready
-from dynamo_cli.runtime.messaging import NatsRequestPlane
-from dynamo_cli.runtime.servers import DEFAULT_ETCD, DEFAULT_NATS
+from dynamo_cli.lifecycle import die_with_parent, install_signal_handlers, report_ready
+from dynamo_cli.transport.discovery import EtcdDiscovery
+from dynamo_cli.transport.messaging import NatsRequestPlane
+from dynamo_cli.transport.ports import DEFAULT_ETCD, DEFAULT_NATS
 
 logger = logging.getLogger(__name__)
 

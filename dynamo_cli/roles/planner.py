@@ -23,8 +23,8 @@ from dynamo_cli.planner.connector import Connector
 from dynamo_cli.planner.inputs import Inputs, describe, scrape
 from dynamo_cli.planner.policy import Decision, Observation, make_policy
 from dynamo_cli.roles.base import Role
-from dynamo_cli.runtime import protocol
-from dynamo_cli.runtime.workers import InstanceSet
+from dynamo_cli.transport import protocol
+from dynamo_cli.transport.workers import InstanceSet
 
 logger = logging.getLogger(__name__)
 

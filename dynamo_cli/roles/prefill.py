@@ -19,14 +19,15 @@ import time
 from typing import Any
 
 from dynamo_cli.config.models import DynamoConfig
+from dynamo_cli.disagg.remote import ARENA_WAIT_S, PREFILL, encode_peer, open_transfer, staged_block_hashes
 from dynamo_cli.engines import create_engine
-from dynamo_cli.engines.base import Engine, EngineOutput, EngineRequest, SamplingOptions
+from dynamo_cli.engines.base import Engine
 from dynamo_cli.models.resolve import ResolvedModel, read_model_info
 from dynamo_cli.roles.base import Role
-from dynamo_cli.roles.disagg import ARENA_WAIT_S, PREFILL, encode_peer, open_transfer, staged_block_hashes
-from dynamo_cli.runtime import prefill_queue as pq
-from dynamo_cli.runtime import protocol
-from dynamo_cli.runtime.workers import InstanceSet
+from dynamo_cli.transport import prefill_queue as pq
+from dynamo_cli.transport import protocol
+from dynamo_cli.transport.wire import EngineOutput, EngineRequest, SamplingOptions
+from dynamo_cli.transport.workers import InstanceSet
 
 logger = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from dynamo_cli.config.models import DynamoConfig
 from dynamo_cli.errors import RemoteError
 from dynamo_cli.roles.base import Role
 from dynamo_cli.routing.policies import NoWorkersError
-from dynamo_cli.runtime import protocol
-from dynamo_cli.runtime.messaging import Endpoint, RequestContext
-from dynamo_cli.runtime.routing_service import RoutingService
+from dynamo_cli.routing.service import RoutingService
+from dynamo_cli.transport import protocol
+from dynamo_cli.transport.messaging import Endpoint, RequestContext
 
 logger = logging.getLogger(__name__)
 

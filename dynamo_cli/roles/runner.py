@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from dynamo_cli.config.models import DynamoConfig
-from dynamo_cli.runtime.launcher import run_async
-from dynamo_cli.runtime.lifecycle import configure_logging
+from dynamo_cli.lifecycle import configure_logging, run_async
 
 
 def run_role(name: str, cfg: DynamoConfig, index: int = 0) -> int:
@@ -38,7 +37,7 @@ def run_role(name: str, cfg: DynamoConfig, index: int = 0) -> int:
 
             role = RouterRole(cfg, index)
         else:
-            from dynamo_cli.roles.frontend.role import FrontendRole
+            from dynamo_cli.roles.frontend import FrontendRole
 
             role = FrontendRole(cfg, model)
         return await serve_role(role, cfg.supervisor.stop_timeout_s)

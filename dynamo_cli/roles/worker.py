@@ -16,16 +16,17 @@ from typing import Any
 import msgpack
 
 from dynamo_cli.config.models import DynamoConfig
+from dynamo_cli.disagg.remote import RemotePrefill
 from dynamo_cli.engines import create_engine
-from dynamo_cli.engines.base import Engine, KvEvent, LoadMetrics
+from dynamo_cli.engines.base import Engine
 from dynamo_cli.errors import RemoteError
 from dynamo_cli.models.logprob_json import LogprobJson
 from dynamo_cli.models.resolve import ResolvedModel, read_model_info
 from dynamo_cli.models.tokenizer import ModelTokenizer
 from dynamo_cli.roles.base import Role
-from dynamo_cli.roles.disagg import RemotePrefill
-from dynamo_cli.runtime import protocol
-from dynamo_cli.runtime.messaging import Endpoint, RequestContext
+from dynamo_cli.transport import protocol
+from dynamo_cli.transport.messaging import Endpoint, RequestContext
+from dynamo_cli.transport.wire import KvEvent, LoadMetrics
 
 logger = logging.getLogger(__name__)
 

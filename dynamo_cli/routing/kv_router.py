@@ -18,9 +18,10 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from dynamo_cli.engines.base import KvEvent, LoadMetrics
-from dynamo_cli.kv.index import KvIndex
+from dynamo_cli.config.models import RouterConfig
+from dynamo_cli.routing.index import KvIndex
 from dynamo_cli.routing.policies import NoWorkersError
+from dynamo_cli.transport.wire import KvEvent, LoadMetrics
 
 
 @dataclass(slots=True)
@@ -50,23 +51,16 @@ class _Worker:
 
 
 class KvRouter:
-    def __init__(
-        self,
-        block_size: int,
-        *,
-        overlap_weight: float = 1.0,
-        temperature: float = 0.0,
-        approx_ttl_s: float = 120.0,
-        seed: int | None = None,
-    ):
+    def __init__(self, block_size: int, cfg: RouterConfig):
+        """``cfg``: its overlap_weight, temperature, approx_ttl_s and seed (the defaults live there)."""
         self.block_size = block_size
-        self.overlap_weight = overlap_weight
-        self.temperature = temperature
-        self.approx_ttl_s = approx_ttl_s
+        self.overlap_weight = cfg.overlap_weight
+        self.temperature = cfg.temperature
+        self.approx_ttl_s = cfg.approx_ttl_s
         self.index = KvIndex()
         self._workers: dict[int, _Worker] = {}
         self._requests: dict[str, _Tracked] = {}
-        self._rng = random.Random(seed)
+        self._rng = random.Random(cfg.seed)
         self.events_applied = 0
 
     # ---- membership ---------------------------------------------------------------------------------

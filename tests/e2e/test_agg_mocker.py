@@ -10,11 +10,11 @@ import httpx
 import openai
 import pytest
 
+from dynamo_cli.deployment.handle import Deployment, process_alive, start
 from dynamo_cli.models.embedded import prepare_tokenizer_folder
 from dynamo_cli.models.tokenizer import ModelTokenizer
-from dynamo_cli.runtime import protocol
-from dynamo_cli.runtime.handle import Deployment, process_alive, start
-from dynamo_cli.runtime.messaging import NatsRequestPlane
+from dynamo_cli.transport import protocol
+from dynamo_cli.transport.messaging import NatsRequestPlane
 
 pytestmark = pytest.mark.e2e
 

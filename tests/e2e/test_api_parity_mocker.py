@@ -13,9 +13,9 @@ import jsonschema
 import openai
 import pytest
 
+from dynamo_cli.deployment.handle import Deployment, start
 from dynamo_cli.models.embedded import prepare_tokenizer_folder
 from dynamo_cli.models.tokenizer import ModelTokenizer
-from dynamo_cli.runtime.handle import Deployment, start
 from tests.e2e.helpers import scrape
 
 pytestmark = pytest.mark.e2e

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from dynamo_cli.runtime.handle import Deployment, process_alive, start
-from dynamo_cli.runtime.servers import free_port
+from dynamo_cli.deployment.handle import Deployment, process_alive, start
+from dynamo_cli.transport.ports import free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from dynamo_cli.runtime.handle import Deployment, start
+from dynamo_cli.deployment.handle import Deployment, start
 from tests.e2e.helpers import scrape, wait_for
 
 pytestmark = pytest.mark.e2e

@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 
-from dynamo_cli.runtime.handle import DYNAMO, process_alive, start
+from dynamo_cli.deployment.handle import DYNAMO, process_alive, start
 from tests.e2e.helpers import child_pids, wait_for
 
 pytestmark = pytest.mark.e2e

@@ -16,7 +16,7 @@ import openai
 import pytest
 
 from benchmarks.hostile import INPUTS, Hostile, hostile_round
-from dynamo_cli.runtime.handle import Deployment, start
+from dynamo_cli.deployment.handle import Deployment, start
 
 pytestmark = pytest.mark.e2e
 

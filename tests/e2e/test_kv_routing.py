@@ -14,11 +14,11 @@ import httpx
 import openai
 import pytest
 
-from dynamo_cli.engines.base import KvEvent
-from dynamo_cli.runtime import protocol
-from dynamo_cli.runtime.discovery import EtcdDiscovery
-from dynamo_cli.runtime.handle import Deployment, start
-from dynamo_cli.runtime.messaging import NatsRequestPlane
+from dynamo_cli.deployment.handle import Deployment, start
+from dynamo_cli.transport import protocol
+from dynamo_cli.transport.discovery import EtcdDiscovery
+from dynamo_cli.transport.messaging import NatsRequestPlane
+from dynamo_cli.transport.wire import KvEvent
 from tests.e2e.helpers import scrape, wait_for
 
 pytestmark = pytest.mark.e2e

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from dynamo_cli.config.models import DynamoConfig
-from dynamo_cli.runtime.handle import Deployment, process_alive, start
+from dynamo_cli.deployment.handle import Deployment, process_alive, start
 from tests.e2e.helpers import scrape, wait_for
 
 pytestmark = pytest.mark.e2e

@@ -15,9 +15,9 @@ import httpx
 import openai
 import pytest
 
-from dynamo_cli.runtime import protocol
-from dynamo_cli.runtime.handle import Deployment, start
-from dynamo_cli.runtime.messaging import NatsRequestPlane
+from dynamo_cli.deployment.handle import Deployment, start
+from dynamo_cli.transport import protocol
+from dynamo_cli.transport.messaging import NatsRequestPlane
 from tests.e2e.helpers import child_pids, scrape
 
 pytestmark = [

@@ -12,7 +12,7 @@ import jsonschema
 import openai
 import pytest
 
-from dynamo_cli.runtime.handle import Deployment, start
+from dynamo_cli.deployment.handle import Deployment, start
 
 pytestmark = [
     pytest.mark.e2e,

@@ -19,7 +19,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from dynamo_cli.runtime.handle import Deployment, process_alive, start
+from dynamo_cli.deployment.handle import Deployment, process_alive, start
 from tests.e2e.helpers import child_pids, scrape, wait_for
 
 pytestmark = [

@@ -22,9 +22,9 @@ import pytest
 import pytest_asyncio
 
 from dynamo_cli.config.models import DynamoConfig
-from dynamo_cli.engines.base import EngineOutput, EngineRequest, SamplingOptions, TokenLogprobs
 from dynamo_cli.models.tiny import build_tiny_llama
 from dynamo_cli.models.tokenizer import ModelTokenizer
+from dynamo_cli.transport.wire import EngineOutput, EngineRequest, SamplingOptions, TokenLogprobs
 
 pytestmark = [
     pytest.mark.e2e,

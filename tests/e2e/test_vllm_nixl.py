@@ -23,9 +23,9 @@ import pytest
 import pytest_asyncio
 
 from dynamo_cli.config.models import DynamoConfig
-from dynamo_cli.engines.base import EngineOutput, EngineRequest, SamplingOptions
 from dynamo_cli.models.tiny import build_tiny_llama
-from dynamo_cli.runtime.servers import free_port
+from dynamo_cli.transport.ports import free_port
+from dynamo_cli.transport.wire import EngineOutput, EngineRequest, SamplingOptions
 from tests.e2e.helpers import child_pids
 
 pytestmark = [

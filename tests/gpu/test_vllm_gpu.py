@@ -7,13 +7,13 @@ from pathlib import Path
 import openai
 import pytest
 
-from dynamo_cli.runtime.placement import gpu_count
+from dynamo_cli.deployment.placement import gpu_count
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(gpu_count() == 0, reason="no NVIDIA GPU here")]
 
 
 def test_agg_on_one_gpu_answers(tmp_path: Path) -> None:
-    from dynamo_cli.runtime.handle import start
+    from dynamo_cli.deployment.handle import start
 
     dep = start(tmp_path, "agg", "--workers", "1", "--gpus", "0", timeout=600)
     try:
@@ -31,7 +31,7 @@ def test_agg_on_one_gpu_answers(tmp_path: Path) -> None:
 def test_two_gpus_for_one_worker_is_tensor_parallel_2(tmp_path: Path) -> None:
     if gpu_count() < 2:
         pytest.skip("needs two GPUs")
-    from dynamo_cli.runtime.handle import start
+    from dynamo_cli.deployment.handle import start
 
     dep = start(tmp_path, "agg", "--workers", "1", "--gpus", "0-1", timeout=600)
     try:

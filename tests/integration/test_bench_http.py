@@ -93,7 +93,7 @@ def test_an_error_inside_the_stream_fails_the_request() -> None:
 
 
 def test_nothing_listening_is_a_connection_error() -> None:
-    from dynamo_cli.runtime.servers import free_port
+    from dynamo_cli.transport.ports import free_port
 
     async def go() -> None:
         conn = Connection(Endpoint.parse(f"http://127.0.0.1:{free_port()}/v1"), timeout=5)

@@ -10,9 +10,9 @@ import orjson
 import pytest
 
 from dynamo_cli.config.models import FrontendConfig
-from dynamo_cli.roles.frontend.limits import RequestLimits
-from dynamo_cli.roles.frontend.parsing import INLINE_BYTES, BodyParser
-from dynamo_cli.roles.frontend.schemas import OpenAIError
+from dynamo_cli.frontend.limits import RequestLimits
+from dynamo_cli.frontend.parsing import INLINE_BYTES, BodyParser
+from dynamo_cli.frontend.schemas import OpenAIError
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from dynamo_cli.runtime.discovery import DiscoveryEvent, EtcdDiscovery
+from dynamo_cli.transport.discovery import DiscoveryEvent, EtcdDiscovery
 
 pytestmark = pytest.mark.integration
 
@@ -61,7 +61,7 @@ async def test_components_and_namespaces_are_separate(etcd_url: str, namespace: 
 
 _REGISTER_AND_HANG = """
 import asyncio, sys
-from dynamo_cli.runtime.discovery import EtcdDiscovery
+from dynamo_cli.transport.discovery import EtcdDiscovery
 async def main():
     d = await EtcdDiscovery.connect(sys.argv[1], sys.argv[2], ttl=2)
     await d.register("worker", {"subject": "doomed"})

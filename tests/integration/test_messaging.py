@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from dynamo_cli.errors import NoRespondersError, RemoteError, RequestTimeoutError
-from dynamo_cli.runtime.messaging import NatsRequestPlane, RequestContext
+from dynamo_cli.transport.messaging import NatsRequestPlane, RequestContext
 
 pytestmark = pytest.mark.integration
 
@@ -135,7 +135,7 @@ async def test_keepalives_hold_a_quiet_stream_open(planes, namespace: str) -> No
 
 _SERVE_AND_DIE = """
 import asyncio, sys
-from dynamo_cli.runtime.messaging import NatsRequestPlane
+from dynamo_cli.transport.messaging import NatsRequestPlane
 async def main():
     plane = await NatsRequestPlane.connect(sys.argv[1], keepalive_s=0.2)
     async def handler(data, ctx):

@@ -191,7 +191,8 @@ def test_command_line_usage_errors_exit_2_without_a_traceback(
 def no_deployment(monkeypatch: pytest.MonkeyPatch) -> list[object]:
     """Replace the deployment so that reaching it is recorded instead of starting processes (and keep
     `run` from reconfiguring the root logger under pytest)."""
-    from dynamo_cli.runtime import launcher, lifecycle
+    from dynamo_cli import lifecycle
+    from dynamo_cli.deployment import launcher
 
     calls: list[object] = []
 

@@ -432,3 +432,19 @@ def test_profiles_hold_only_what_differs_from_the_defaults(profile: str) -> None
 
     walk(written, [])
     assert restated == [], f"{profile}.yaml restates defaults: {restated}"
+
+
+def test_the_kv_block_size_comes_from_the_engine() -> None:
+    """One function knows it: the mocker's own setting, vLLM's when set, else vLLM's default (16 on a
+    GPU, 128 on CPU, as the config's help says)."""
+    from dynamo_cli.engines import kv_block_size
+
+    mocker = DynamoConfig.model_validate({"engine": "mocker", "mocker": {"block_size": 32}})
+    assert kv_block_size(mocker, on_gpu=True) == 32
+    vllm = DynamoConfig.model_validate({"engine": "vllm"})
+    assert (kv_block_size(vllm, on_gpu=True), kv_block_size(vllm, on_gpu=False)) == (16, 128)
+    assert "16 on GPU, 128 on CPU" in (
+        DynamoConfig.model_fields["vllm"].annotation.model_fields["block_size"].description or ""
+    )  # type: ignore[union-attr]
+    pinned = DynamoConfig.model_validate({"engine": "vllm", "vllm": {"block_size": 64}})
+    assert kv_block_size(pinned, on_gpu=False) == 64

@@ -10,10 +10,10 @@ import pytest
 
 from dynamo_cli.config.checks import disagg_findings
 from dynamo_cli.config.loader import load_config
-from dynamo_cli.engines.base import EngineRequest, KvEvent, SamplingOptions
+from dynamo_cli.disagg.remote import CachedPrefixes, RemotePrefill, decode_peer, encode_peer
 from dynamo_cli.kv.hashing import sequence_block_hashes
-from dynamo_cli.roles.disagg import CachedPrefixes, RemotePrefill, decode_peer, encode_peer
-from dynamo_cli.runtime.discovery import DiscoveryEvent, Instance
+from dynamo_cli.transport.discovery import DiscoveryEvent, Instance
+from dynamo_cli.transport.wire import EngineRequest, KvEvent, SamplingOptions
 
 BS = 16
 
@@ -243,7 +243,7 @@ def test_each_fallback_cause_is_logged_once_then_at_most_once_a_minute(
 ) -> None:
     import logging
 
-    from dynamo_cli.runtime import fallbacks
+    from dynamo_cli.kv import fallbacks
 
     now = [1000.0]
     monkeypatch.setattr(fallbacks.time, "monotonic", lambda: now[0])

@@ -20,7 +20,7 @@ from dynamo_cli.config.loader import load_config
 from dynamo_cli.doctor import CHECKS, diagnose, gpu, model, profile, rdma, services, system
 from dynamo_cli.doctor.checks import STATUSES, Check, Context, Result, run_checks
 from dynamo_cli.errors import StartupError
-from dynamo_cli.runtime.servers import free_port
+from dynamo_cli.transport.ports import free_port
 from tests.unit.test_cli import heavy_imports_after
 
 MakeModelFolder = Callable[..., Path]

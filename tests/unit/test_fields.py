@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from dynamo_cli.roles.frontend import fields
-from dynamo_cli.roles.frontend.fields import (
+from dynamo_cli.frontend import fields
+from dynamo_cli.frontend.fields import (
     HONOURED,
     NO_EFFECT,
     REFUSED,
@@ -19,7 +19,7 @@ from dynamo_cli.roles.frontend.fields import (
     check_refused,
     recognised,
 )
-from dynamo_cli.roles.frontend.schemas import OpenAIError
+from dynamo_cli.frontend.schemas import OpenAIError
 
 
 def _openai_fields(module: str) -> set[str]:

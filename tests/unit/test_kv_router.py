@@ -6,11 +6,12 @@ from collections import Counter
 
 import pytest
 
-from dynamo_cli.engines.base import KvEvent, LoadMetrics
+from dynamo_cli.config.models import RouterConfig
 from dynamo_cli.kv.hashing import sequence_block_hashes
-from dynamo_cli.kv.index import KvIndex
+from dynamo_cli.routing.index import KvIndex
 from dynamo_cli.routing.kv_router import KvRouter
 from dynamo_cli.routing.policies import NoWorkersError
+from dynamo_cli.transport.wire import KvEvent, LoadMetrics
 
 BS = 4
 
@@ -65,7 +66,7 @@ def test_index_matches_a_brute_force_answer() -> None:
 
 # ---- selection ----------------------------------------------------------------------------------------
 def test_the_worker_holding_the_prefix_wins() -> None:
-    r = KvRouter(BS, seed=1)
+    r = KvRouter(BS, RouterConfig(seed=1))
     for w in (1, 2, 3):
         r.add_worker(w)
     prompt = list(range(40))
@@ -76,7 +77,7 @@ def test_the_worker_holding_the_prefix_wins() -> None:
 
 
 def test_equal_prefixes_spread_by_load() -> None:
-    r = KvRouter(BS, seed=1)
+    r = KvRouter(BS, RouterConfig(seed=1))
     for w in (1, 2):
         r.add_worker(w)
     hashes = sequence_block_hashes(list(range(40)), BS)
@@ -89,7 +90,7 @@ def test_equal_prefixes_spread_by_load() -> None:
 
 
 def test_load_beats_a_small_overlap() -> None:
-    r = KvRouter(BS, seed=1)
+    r = KvRouter(BS, RouterConfig(seed=1))
     r.add_worker(1)
     r.add_worker(2)
     hashes = sequence_block_hashes(list(range(40)), BS)
@@ -99,7 +100,7 @@ def test_load_beats_a_small_overlap() -> None:
 
 
 def test_prefill_is_released_at_first_token_and_the_rest_at_completion() -> None:
-    r = KvRouter(BS)
+    r = KvRouter(BS, RouterConfig())
     r.add_worker(1)
     hashes = sequence_block_hashes(list(range(40)), BS)
     d = r.select([1], hashes, 40)
@@ -113,7 +114,7 @@ def test_prefill_is_released_at_first_token_and_the_rest_at_completion() -> None
 
 
 def test_routing_an_id_again_releases_its_earlier_load() -> None:
-    r = KvRouter(BS)
+    r = KvRouter(BS, RouterConfig())
     r.add_worker(1)
     r.add_worker(2)
     hashes = sequence_block_hashes(list(range(40)), BS)
@@ -125,11 +126,11 @@ def test_routing_an_id_again_releases_its_earlier_load() -> None:
 
 
 def test_ties_are_broken_at_random_and_temperature_samples() -> None:
-    r = KvRouter(BS, seed=7)
+    r = KvRouter(BS, RouterConfig(seed=7))
     for w in (1, 2, 3):
         r.add_worker(w)
     assert {r.select([1, 2, 3], [], 8).worker for _ in range(60)} == {1, 2, 3}
-    warm = KvRouter(BS, seed=7, temperature=1.0)
+    warm = KvRouter(BS, RouterConfig(seed=7, temperature=1.0))
     for w in (1, 2):
         warm.add_worker(w)
     hashes = sequence_block_hashes(list(range(400)), BS)
@@ -140,12 +141,12 @@ def test_ties_are_broken_at_random_and_temperature_samples() -> None:
 
 def test_no_candidates() -> None:
     with pytest.raises(NoWorkersError):
-        KvRouter(BS).select([], [], 10)
+        KvRouter(BS, RouterConfig()).select([], [], 10)
 
 
 # ---- events -------------------------------------------------------------------------------------------
 def test_event_gap_drops_the_worker_state_until_resync() -> None:
-    r = KvRouter(BS)
+    r = KvRouter(BS, RouterConfig())
     r.add_worker(1)
     h = sequence_block_hashes(list(range(40)), BS)
     assert r.apply_events(1, [stored(1, h[:4]), stored(2, h[4:6])])
@@ -162,7 +163,7 @@ def test_event_gap_drops_the_worker_state_until_resync() -> None:
 
 
 def test_a_departed_worker_leaves_nothing_behind() -> None:
-    r = KvRouter(BS)
+    r = KvRouter(BS, RouterConfig())
     r.add_worker(1)
     h = sequence_block_hashes(list(range(40)), BS)
     r.apply_events(1, [stored(1, h)])
@@ -172,7 +173,7 @@ def test_a_departed_worker_leaves_nothing_behind() -> None:
 
 
 def test_approximate_mode_remembers_its_own_decisions_for_a_while() -> None:
-    r = KvRouter(BS, approx_ttl_s=10, seed=3)
+    r = KvRouter(BS, RouterConfig(approx_ttl_s=10, seed=3))
     r.add_worker(1, publishes_events=False)
     r.add_worker(2, publishes_events=False)
     h = sequence_block_hashes(list(range(80)), BS)

@@ -10,11 +10,11 @@ import orjson
 import pytest
 
 from dynamo_cli.config.models import FrontendConfig
+from dynamo_cli.frontend.limits import BodyLimit, RequestLimits
+from dynamo_cli.frontend.parsing import parse_body
+from dynamo_cli.frontend.schemas import OpenAIError
 from dynamo_cli.models.embedded import prepare_tokenizer_folder
 from dynamo_cli.models.tokenizer import ModelTokenizer
-from dynamo_cli.roles.frontend.limits import BodyLimit, RequestLimits
-from dynamo_cli.roles.frontend.parsing import parse_body
-from dynamo_cli.roles.frontend.schemas import OpenAIError
 
 LIMITS = RequestLimits.build(FrontendConfig(), context=8192, longest_token=81)
 USER = [{"role": "user", "content": "hi"}]

@@ -11,10 +11,10 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from dynamo_cli.config.models import MockerConfig
-from dynamo_cli.engines.base import EngineOutput, EngineRequest, KvEvent, SamplingOptions
 from dynamo_cli.engines.mocker import MockerEngine
 from dynamo_cli.engines.mocker.timing import prefill_ms
 from dynamo_cli.kv.hashing import sequence_block_hashes
+from dynamo_cli.transport.wire import EngineOutput, EngineRequest, KvEvent, SamplingOptions
 
 VOCAB = 1000
 EOS = 2

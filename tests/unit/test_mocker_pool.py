@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from dynamo_cli.engines.base import KvEvent
 from dynamo_cli.engines.mocker.pool import BlockPool, BlockTable
 from dynamo_cli.kv.hashing import sequence_block_hashes
+from dynamo_cli.transport.wire import KvEvent
 
 BS = 4
 

@@ -16,7 +16,6 @@ import pytest
 from llguidance import LLMatcher
 
 from dynamo_cli.config.models import MockerConfig
-from dynamo_cli.engines.base import EngineOutput, EngineRequest, SamplingOptions
 from dynamo_cli.engines.mocker import MockerEngine
 from dynamo_cli.engines.structured import (
     GrammarSampler,
@@ -26,6 +25,7 @@ from dynamo_cli.engines.structured import (
 )
 from dynamo_cli.models.embedded import prepare_tokenizer_folder
 from dynamo_cli.models.tokenizer import ModelTokenizer
+from dynamo_cli.transport.wire import EngineOutput, EngineRequest, SamplingOptions
 
 PERSON = {
     "type": "object",

@@ -7,11 +7,11 @@ import json
 import orjson
 import pytest
 
+from dynamo_cli.frontend.outputs import ChoiceShaper, ForcedCall, LogprobFormatter
+from dynamo_cli.frontend.reasoning import REASONING_PARSERS
+from dynamo_cli.frontend.tool_parsers import PARSERS
 from dynamo_cli.models.logprob_json import LogprobJson, chat_logprobs
 from dynamo_cli.models.tokenizer import ModelTokenizer
-from dynamo_cli.roles.frontend.outputs import ChoiceShaper, ForcedCall, LogprobFormatter
-from dynamo_cli.roles.frontend.reasoning import REASONING_PARSERS
-from dynamo_cli.roles.frontend.tool_parsers import PARSERS
 
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
 

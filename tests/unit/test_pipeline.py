@@ -7,11 +7,11 @@ from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
-from dynamo_cli.engines.base import EngineOutput, EngineRequest
+from dynamo_cli.frontend.metrics import FrontendMetrics
+from dynamo_cli.frontend.pipeline import Generation, build_generation, run_generation
+from dynamo_cli.frontend.schemas import ChatCompletionRequest, CompletionRequest, OpenAIError
 from dynamo_cli.models.tokenizer import ModelTokenizer
-from dynamo_cli.roles.frontend.metrics import FrontendMetrics
-from dynamo_cli.roles.frontend.pipeline import Generation, build_generation, run_generation
-from dynamo_cli.roles.frontend.schemas import ChatCompletionRequest, CompletionRequest, OpenAIError
+from dynamo_cli.transport.wire import EngineOutput, EngineRequest
 
 MODEL = "tiny"
 

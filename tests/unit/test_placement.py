@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from dynamo_cli.config.models import WorkerGroupConfig
+from dynamo_cli.deployment.placement import worker_envs
 from dynamo_cli.errors import UsageError
-from dynamo_cli.runtime.placement import worker_envs
 
 
 def test_gpus_split_evenly_and_each_share_is_a_workers_tp() -> None:
@@ -64,7 +64,7 @@ def test_cpu_engines_of_both_groups_get_separate_cores(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     from dynamo_cli.config.loader import load_config
-    from dynamo_cli.runtime.launcher import role_specs
+    from dynamo_cli.deployment.launcher import role_specs
 
     monkeypatch.setattr("os.cpu_count", lambda: 4)
     cfg = load_config("disagg", flags={"engine": "vllm", "prefill_workers.count": 2})

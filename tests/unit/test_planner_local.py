@@ -12,13 +12,13 @@ from pydantic import ValidationError
 
 from dynamo_cli.config.loader import load_config
 from dynamo_cli.config.models import DynamoConfig
-from dynamo_cli.engines.base import LoadMetrics
+from dynamo_cli.deployment.scaling import LocalConnector, worker_groups
+from dynamo_cli.deployment.supervisor import Child, ProcessSpec
 from dynamo_cli.errors import StartupError, UsageError
+from dynamo_cli.frontend.metrics import FrontendMetrics
 from dynamo_cli.planner.inputs import FrontendSample, Inputs, WorkerLoads, observation_json, parse_metrics
 from dynamo_cli.planner.policy import LoadPolicy, SlaPolicy, make_policy, planned_groups
-from dynamo_cli.roles.frontend.metrics import FrontendMetrics
-from dynamo_cli.runtime.scaling import LocalConnector, worker_groups
-from dynamo_cli.runtime.supervisor import Child, ProcessSpec
+from dynamo_cli.transport.wire import LoadMetrics
 
 
 # ---- inputs -------------------------------------------------------------------------------------------
@@ -131,7 +131,7 @@ def test_groups_get_a_slot_per_worker_they_may_ever_have(monkeypatch: pytest.Mon
             "planner.workers.max": 4,
         },
     )
-    monkeypatch.setattr("dynamo_cli.runtime.placement.gpu_count", lambda: 4)
+    monkeypatch.setattr("dynamo_cli.deployment.placement.gpu_count", lambda: 4)
     with pytest.raises(UsageError, match="room for 2 worker"):
         worker_groups(gpu)
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from dynamo_cli.config.models import PlannerLoadConfig, PlannerSlaConfig
 from dynamo_cli.planner.policy import (
     Bounds,
     LoadPolicy,
-    LoadPolicyConfig,
     Observation,
     Predictor,
     SlaPolicy,
@@ -16,7 +16,7 @@ from dynamo_cli.planner.policy import (
 
 
 def _load(hysteresis: int = 2, cooldown: float = 30, lo: int = 1, hi: int = 4) -> LoadPolicy:
-    cfg = LoadPolicyConfig(hysteresis=hysteresis, cooldown_s=cooldown)
+    cfg = PlannerLoadConfig(hysteresis=hysteresis, cooldown_s=cooldown)
     return LoadPolicy(cfg, {"workers": Bounds(lo, hi), "prefill_workers": Bounds(lo, hi)})
 
 
@@ -79,7 +79,9 @@ def test_predictor_follows_a_trend_and_never_goes_negative() -> None:
 
 def test_sla_policy_sizes_groups_from_the_profile_one_step_at_a_time() -> None:
     prof = WorkerProfile(prefill_tokens_per_s=10_000, decode_tokens_per_s=1_000)
-    p = SlaPolicy(prof, {"workers": Bounds(1, 8), "prefill_workers": Bounds(1, 8)}, headroom=1.0)
+    p = SlaPolicy(
+        prof, {"workers": Bounds(1, 8), "prefill_workers": Bounds(1, 8)}, PlannerSlaConfig(headroom=1.0)
+    )
     reps = {"workers": 1, "prefill_workers": 1}
     # 10 req/s x 3000 prompt tokens = 3 prefill workers; x 200 output tokens = 2 decode workers
     [a, b] = p.decide(Observation(0, reps, request_rate=10, avg_isl=3000, avg_osl=200))
@@ -92,19 +94,19 @@ def test_sla_policy_sizes_groups_from_the_profile_one_step_at_a_time() -> None:
 
 def test_sla_policy_for_aggregated_workers_adds_prefill_and_decode_time() -> None:
     prof = WorkerProfile(prefill_tokens_per_s=10_000, decode_tokens_per_s=1_000)
-    p = SlaPolicy(prof, {"workers": Bounds(1, 3)}, headroom=1.0, max_step=8)
+    p = SlaPolicy(prof, {"workers": Bounds(1, 3)}, PlannerSlaConfig(headroom=1.0, max_step=8))
     [d] = p.decide(Observation(0, {"workers": 1}, request_rate=5, avg_isl=2000, avg_osl=100))
     assert d.target == 2  # 1.0 + 0.5 workers' worth
     [d] = p.decide(Observation(1, {"workers": 2}, request_rate=50, avg_isl=2000, avg_osl=100))
     assert d.target == 3  # capped by the bounds
-    quiet = SlaPolicy(prof, {"workers": Bounds(1, 3)}, max_step=8, down_after=1)
+    quiet = SlaPolicy(prof, {"workers": Bounds(1, 3)}, PlannerSlaConfig(max_step=8, scale_down_intervals=1))
     [d] = quiet.decide(Observation(0, {"workers": 3}, request_rate=0))
     assert d.target == 1
 
 
 def test_sla_policy_shrinks_only_when_the_lower_need_lasts() -> None:
     prof = WorkerProfile(prefill_tokens_per_s=10_000, decode_tokens_per_s=1_000)
-    p = SlaPolicy(prof, {"workers": Bounds(1, 4)}, headroom=1.0, down_after=3)
+    p = SlaPolicy(prof, {"workers": Bounds(1, 4)}, PlannerSlaConfig(headroom=1.0, scale_down_intervals=3))
     idle = [p.decide(Observation(t, {"workers": 3}, request_rate=0)) for t in range(3)]
     assert idle[0] == [] and idle[1] == []
     [d] = idle[2]

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from dynamo_cli.roles.frontend.reasoning import (
+from dynamo_cli.frontend.reasoning import (
     REASONING_PARSERS,
     THINK_CLOSE,
     DeepSeekR1ReasoningParser,

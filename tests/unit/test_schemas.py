@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from dynamo_cli.roles.frontend.schemas import (
+from dynamo_cli.frontend.schemas import (
     MAX_CHOICES,
     ChatCompletionRequest,
     ChatMessage,
@@ -230,8 +230,8 @@ def test_sampling_penalties_and_logit_bias_are_read() -> None:
 
 
 def test_sampling_fields_travel_to_the_worker() -> None:
-    from dynamo_cli.engines.base import EngineRequest, SamplingOptions
-    from dynamo_cli.runtime.protocol import decode_generate, encode_generate
+    from dynamo_cli.transport.protocol import decode_generate, encode_generate
+    from dynamo_cli.transport.wire import EngineRequest, SamplingOptions
 
     plain = EngineRequest("r", [1, 2], SamplingOptions(max_tokens=4))
     assert decode_generate(encode_generate(plain)) == plain
@@ -245,8 +245,8 @@ def test_sampling_fields_travel_to_the_worker() -> None:
 
 
 def test_engine_outputs_with_logprobs_travel_back() -> None:
-    from dynamo_cli.engines.base import EngineOutput
-    from dynamo_cli.runtime.protocol import decode_output, encode_output
+    from dynamo_cli.transport.protocol import decode_output, encode_output
+    from dynamo_cli.transport.wire import EngineOutput
 
     for out in (
         EngineOutput([7], logprobs=[(-0.5, [7, 8], [-0.5, -1.5])], prompt_logprobs=[None, (-2.0, [], [])]),

@@ -11,18 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from dynamo_cli.errors import StartupError
-from dynamo_cli.runtime.servers import (
+from dynamo_cli.deployment.servers import (
     ServerPlan,
     etcd_version,
     find_etcd,
     find_nats_server,
-    free_port,
     nats_info,
     plan_etcd,
     plan_nats,
-    port_is_free,
 )
+from dynamo_cli.errors import StartupError
+from dynamo_cli.transport.ports import free_port, port_is_free
 
 
 @pytest.fixture
@@ -183,7 +182,7 @@ def test_find_nats_server_finds_the_binary_in_the_venv() -> None:
 
 def test_listen_port_is_free_and_below_the_ephemeral_range() -> None:
     """Not a port the kernel may hand an outgoing connection before the server binds it."""
-    from dynamo_cli.runtime.servers import _ephemeral_range, listen_port
+    from dynamo_cli.transport.ports import _ephemeral_range, listen_port
 
     low, _ = _ephemeral_range()
     for _ in range(20):

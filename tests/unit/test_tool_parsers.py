@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from dynamo_cli.roles.frontend.tool_parsers import (
+from dynamo_cli.frontend.tool_parsers import (
     PARSERS,
     ContentDelta,
     ToolCallDelta,

@@ -23,20 +23,19 @@ from typing import TYPE_CHECKING, Any
 import xxhash
 
 from dynamo_cli.config.models import MockerConfig
-from dynamo_cli.engines.base import (
-    Engine,
-    EngineOutput,
-    EngineRequest,
-    FinishReason,
-    KvEventSink,
-    LoadMetrics,
-    SamplingOptions,
-    TokenLogprobs,
-)
+from dynamo_cli.engines.base import Engine, KvEventSink
 from dynamo_cli.engines.mocker import logprobs
 from dynamo_cli.engines.mocker.pool import BlockPool, BlockTable
 from dynamo_cli.engines.mocker.timing import TimingModel
 from dynamo_cli.kv.hashing import sequence_block_hashes
+from dynamo_cli.transport.wire import (
+    EngineOutput,
+    EngineRequest,
+    FinishReason,
+    LoadMetrics,
+    SamplingOptions,
+    TokenLogprobs,
+)
 
 if TYPE_CHECKING:
     from dynamo_cli.engines.structured import GrammarSampler

@@ -12,7 +12,7 @@ import math
 import random
 from collections.abc import Callable
 
-from dynamo_cli.engines.base import TokenLogprobs
+from dynamo_cli.transport.wire import TokenLogprobs
 
 
 def _tail(rng: random.Random, mass: float, n: int) -> list[float]:

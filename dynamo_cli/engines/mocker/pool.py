@@ -16,8 +16,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Literal
 
-from dynamo_cli.engines.base import KvEvent
 from dynamo_cli.kv.hashing import chain_hashes, local_block_hashes
+from dynamo_cli.transport.wire import KvEvent
 
 logger = logging.getLogger(__name__)
 

@@ -16,19 +16,19 @@ import uvicorn
 
 from dynamo_cli.config.models import DynamoConfig
 from dynamo_cli.errors import StartupError
+from dynamo_cli.frontend.client import WorkerClient
+from dynamo_cli.frontend.limits import MIB, RequestLimits
+from dynamo_cli.frontend.metrics import FrontendMetrics
+from dynamo_cli.frontend.parsing import BodyParser
+from dynamo_cli.frontend.prepare import ChatSetup
+from dynamo_cli.frontend.server import FrontendState, build_app
 from dynamo_cli.models.resolve import ResolvedModel
 from dynamo_cli.models.tokenizer import ModelTokenizer
 from dynamo_cli.roles.base import Role
-from dynamo_cli.roles.frontend.client import WorkerClient
-from dynamo_cli.roles.frontend.limits import MIB, RequestLimits
-from dynamo_cli.roles.frontend.metrics import FrontendMetrics
-from dynamo_cli.roles.frontend.parsing import BodyParser
-from dynamo_cli.roles.frontend.prepare import ChatSetup
-from dynamo_cli.roles.frontend.server import FrontendState, build_app
-from dynamo_cli.runtime import protocol
-from dynamo_cli.runtime.prefill_queue import PrefillQueue
-from dynamo_cli.runtime.routing_service import RoutingService
-from dynamo_cli.runtime.workers import InstanceSet
+from dynamo_cli.routing.service import RoutingService
+from dynamo_cli.transport import protocol
+from dynamo_cli.transport.prefill_queue import PrefillQueue
+from dynamo_cli.transport.workers import InstanceSet
 
 logger = logging.getLogger(__name__)
 

@@ -8,11 +8,11 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from dynamo_cli.engines.base import EngineOutput, EngineRequest, SamplingOptions, TokenLogprobs
+from dynamo_cli.frontend.client import WorkerClient
+from dynamo_cli.frontend.metrics import FrontendMetrics
+from dynamo_cli.frontend.schemas import OpenAIError, _Sampling
 from dynamo_cli.models.tokenizer import ModelTokenizer
-from dynamo_cli.roles.frontend.client import WorkerClient
-from dynamo_cli.roles.frontend.metrics import FrontendMetrics
-from dynamo_cli.roles.frontend.schemas import OpenAIError, _Sampling
+from dynamo_cli.transport.wire import EngineOutput, EngineRequest, SamplingOptions, TokenLogprobs
 
 
 def new_request_id(prefix: str) -> str:

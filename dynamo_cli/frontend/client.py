@@ -15,14 +15,15 @@ from dataclasses import dataclass
 import msgpack
 
 from dynamo_cli.config.models import DynamoConfig
-from dynamo_cli.engines.base import EngineOutput, EngineRequest
+from dynamo_cli.engines import kv_block_size
 from dynamo_cli.errors import NoRespondersError, RemoteError, RequestError, RequestTimeoutError
 from dynamo_cli.kv.hashing import sequence_block_hashes
 from dynamo_cli.routing.policies import NoWorkersError
-from dynamo_cli.runtime import protocol
-from dynamo_cli.runtime.messaging import RequestPlane
-from dynamo_cli.runtime.routing_service import RoutingService
-from dynamo_cli.runtime.workers import InstanceSet
+from dynamo_cli.routing.service import RoutingService
+from dynamo_cli.transport import protocol
+from dynamo_cli.transport.messaging import RequestPlane
+from dynamo_cli.transport.wire import EngineOutput, EngineRequest
+from dynamo_cli.transport.workers import InstanceSet
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ class WorkerClient:
             inst = self.workers.get(iid)
             if inst is not None and inst.data.get("block_size"):
                 return int(inst.data["block_size"])
-        return self.cfg.kv_block_size
+        return kv_block_size(self.cfg)
 
     async def _tell_routers(self, request_id: str, kind: int) -> None:
         if self._tracks_load:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from dynamo_cli.runtime.discovery import DiscoveryEvent, Instance
+from dynamo_cli.transport.discovery import DiscoveryEvent, Instance
 
 
 class InstanceSet:

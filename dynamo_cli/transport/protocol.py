@@ -6,7 +6,7 @@ from typing import Any
 
 import msgpack
 
-from dynamo_cli.engines.base import EngineOutput, EngineRequest, KvEvent, LoadMetrics, SamplingOptions
+from dynamo_cli.transport.wire import EngineOutput, EngineRequest, KvEvent, LoadMetrics, SamplingOptions
 
 WORKER = "worker"
 ROUTER = "router"

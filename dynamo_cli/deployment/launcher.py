@@ -20,15 +20,15 @@ from rich.console import Console
 from dynamo_cli.config.checks import disagg_findings
 from dynamo_cli.config.models import DynamoConfig
 from dynamo_cli.console import emit_json
+from dynamo_cli.deployment.scaling import WorkerGroup, role_argv, worker_groups
+from dynamo_cli.deployment.servers import ServerPlan, etcd_version, nats_info, plan_etcd, plan_nats
+from dynamo_cli.deployment.supervisor import ProcessSpec, Supervisor
 from dynamo_cli.errors import StartupError
+from dynamo_cli.lifecycle import install_signal_handlers, run_async
 from dynamo_cli.models.resolve import ResolvedModel, read_model_info, resolve_model
-from dynamo_cli.runtime.lifecycle import install_signal_handlers
-from dynamo_cli.runtime.scaling import WorkerGroup, role_argv, worker_groups
-from dynamo_cli.runtime.servers import ServerPlan, etcd_version, nats_info, plan_etcd, plan_nats
-from dynamo_cli.runtime.supervisor import ProcessSpec, Supervisor
 
 if TYPE_CHECKING:
-    from dynamo_cli.runtime.local_planner import LocalPlanner
+    from dynamo_cli.deployment.local_planner import LocalPlanner
 
 
 def _server_spec(plan: ServerPlan, max_restarts: int) -> ProcessSpec:
@@ -88,7 +88,7 @@ class Launcher:
         self.cfg = cfg
         self.console = console
         self.json_output = json_output
-        self.sup = Supervisor(console, stop_timeout=cfg.supervisor.stop_timeout_s)
+        self.sup = Supervisor(console, cfg.supervisor)
         self.workdir = Path(tempfile.mkdtemp(prefix="dynamo-run-"))
         self.url: str | None = None
         self.planner: LocalPlanner | None = None
@@ -136,7 +136,7 @@ class Launcher:
             f"with {workers}, engine {cfg.engine}, router {cfg.router.mode}; Ctrl-C stops."
         )
         if cfg.planner.enabled:
-            from dynamo_cli.runtime.local_planner import LocalPlanner
+            from dynamo_cli.deployment.local_planner import LocalPlanner
 
             first, by_group = 0, {}
             for g in groups:
@@ -207,11 +207,3 @@ def run_deployment(cfg: DynamoConfig, console: Console, *, json_output: bool = F
         return await Launcher(cfg, console, json_output=json_output).run()
 
     return run_async(main())
-
-
-def run_async(coro: Any) -> Any:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    return uvloop.run(coro)  # an ImportError raised by the program itself must not land above

@@ -11,14 +11,13 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from dynamo_cli.config.models import DynamoConfig
+from dynamo_cli.config.models import DynamoConfig, Group
 from dynamo_cli.console import emit_json
-from dynamo_cli.planner.connector import Group
+from dynamo_cli.deployment.scaling import LocalConnector, WorkerGroup
+from dynamo_cli.deployment.supervisor import Child, Supervisor
 from dynamo_cli.planner.inputs import observation_json
 from dynamo_cli.planner.policy import Decision, Observation, planned_groups
 from dynamo_cli.roles.planner import PlannerRole
-from dynamo_cli.runtime.scaling import LocalConnector, WorkerGroup
-from dynamo_cli.runtime.supervisor import Child, Supervisor
 
 _SHORT: dict[Group, str] = {"workers": "workers", "prefill_workers": "prefill"}
 

@@ -18,7 +18,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any, Literal
 
-from dynamo_cli.roles.frontend.schemas import OpenAIError
+from dynamo_cli.frontend.schemas import OpenAIError
 
 logger = logging.getLogger(__name__)
 

@@ -80,3 +80,12 @@ def configure_logging(level: str, prefix: str | None = None) -> None:
     logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
     for noisy in ("uvicorn.access", "nats", "grpc", "aetcd", "httpx"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def run_async(coro: Any) -> Any:
+    """Run a process's main coroutine, on uvloop where it is installed."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)  # an ImportError raised by the program itself must not land above

@@ -20,13 +20,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dynamo_cli.config.models import DynamoConfig
-from dynamo_cli.engines.base import Engine, EngineRequest, KvEvent
+from dynamo_cli.engines.base import Engine
+from dynamo_cli.kv.fallbacks import FALLBACKS, HANDSHAKE
 from dynamo_cli.kv.hashing import sequence_block_hashes
-from dynamo_cli.runtime import prefill_queue as pq
-from dynamo_cli.runtime.discovery import DiscoveryEvent, EtcdDiscovery
-from dynamo_cli.runtime.fallbacks import FALLBACKS, HANDSHAKE
-from dynamo_cli.runtime.messaging import NatsRequestPlane
-from dynamo_cli.runtime.workers import InstanceSet
+from dynamo_cli.transport import prefill_queue as pq
+from dynamo_cli.transport.discovery import DiscoveryEvent, EtcdDiscovery
+from dynamo_cli.transport.messaging import NatsRequestPlane
+from dynamo_cli.transport.wire import EngineRequest, KvEvent
+from dynamo_cli.transport.workers import InstanceSet
 
 logger = logging.getLogger(__name__)
 

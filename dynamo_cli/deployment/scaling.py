@@ -16,12 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dynamo_cli.config.models import DynamoConfig
+from dynamo_cli.config.models import DynamoConfig, Group
+from dynamo_cli.deployment.placement import worker_envs
+from dynamo_cli.deployment.supervisor import Child, ProcessSpec, Supervisor
 from dynamo_cli.errors import DynamoError, UsageError
 from dynamo_cli.models.embedded import cache_root
-from dynamo_cli.planner.connector import Group
-from dynamo_cli.runtime.placement import worker_envs
-from dynamo_cli.runtime.supervisor import Child, ProcessSpec, Supervisor
 
 logger = logging.getLogger(__name__)
 

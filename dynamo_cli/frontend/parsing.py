@@ -22,8 +22,8 @@ from typing import Any
 
 import orjson
 
-from dynamo_cli.roles.frontend.limits import RequestLimits
-from dynamo_cli.roles.frontend.schemas import OpenAIError
+from dynamo_cli.frontend.limits import RequestLimits
+from dynamo_cli.frontend.schemas import OpenAIError
 
 logger = logging.getLogger(__name__)
 

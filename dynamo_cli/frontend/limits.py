@@ -20,7 +20,7 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dynamo_cli.config.models import FrontendConfig
-from dynamo_cli.roles.frontend.schemas import OpenAIError
+from dynamo_cli.frontend.schemas import OpenAIError
 
 MIB = 1 << 20
 DRAIN_FACTOR = 8  # after a 413, read and discard up to this many times the limit more...

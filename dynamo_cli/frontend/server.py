@@ -19,20 +19,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from dynamo_cli.engines.base import TokenLogprobs
 from dynamo_cli.errors import UsageError
-from dynamo_cli.models.logprob_json import chat_logprobs
-from dynamo_cli.models.tokenizer import ModelTokenizer
-from dynamo_cli.roles.frontend.client import WorkerClient, WorkerFailure
-from dynamo_cli.roles.frontend.fields import Endpoint, UnknownFields, check_refused
-from dynamo_cli.roles.frontend.limits import BodyLimit
-from dynamo_cli.roles.frontend.metrics import FrontendMetrics
-from dynamo_cli.roles.frontend.outputs import ChoiceShaper, LogprobFormatter, call_delta
-from dynamo_cli.roles.frontend.parsing import BodyParser
-from dynamo_cli.roles.frontend.pipeline import Generation, build_generation, new_request_id, run_generation
-from dynamo_cli.roles.frontend.prepare import ChatSetup, Prepared, prepare
-from dynamo_cli.roles.frontend.responses import ResponseEvents, ResponseShape, ResponsesRequest, to_chat
-from dynamo_cli.roles.frontend.schemas import (
+from dynamo_cli.frontend.client import WorkerClient, WorkerFailure
+from dynamo_cli.frontend.fields import Endpoint, UnknownFields, check_refused
+from dynamo_cli.frontend.limits import BodyLimit
+from dynamo_cli.frontend.metrics import FrontendMetrics
+from dynamo_cli.frontend.outputs import ChoiceShaper, LogprobFormatter, call_delta
+from dynamo_cli.frontend.parsing import BodyParser
+from dynamo_cli.frontend.pipeline import Generation, build_generation, new_request_id, run_generation
+from dynamo_cli.frontend.prepare import ChatSetup, Prepared, prepare
+from dynamo_cli.frontend.responses import ResponseEvents, ResponseShape, ResponsesRequest, to_chat
+from dynamo_cli.frontend.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
     OpenAIError,
@@ -40,9 +37,12 @@ from dynamo_cli.roles.frontend.schemas import (
     _Sampling,
     validation_error,
 )
+from dynamo_cli.models.logprob_json import chat_logprobs
+from dynamo_cli.models.tokenizer import ModelTokenizer
 from dynamo_cli.routing.policies import NoWorkersError
-from dynamo_cli.runtime.routing_service import RoutingService
-from dynamo_cli.runtime.workers import InstanceSet
+from dynamo_cli.routing.service import RoutingService
+from dynamo_cli.transport.wire import TokenLogprobs
+from dynamo_cli.transport.workers import InstanceSet
 
 logger = logging.getLogger(__name__)
 

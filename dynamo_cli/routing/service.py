@@ -26,13 +26,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
 from dynamo_cli.config.models import DynamoConfig
+from dynamo_cli.engines import kv_block_size
 from dynamo_cli.errors import RequestError
 from dynamo_cli.routing.kv_router import Decision, KvRouter
 from dynamo_cli.routing.policies import NoWorkersError, make_policy
-from dynamo_cli.runtime import protocol
-from dynamo_cli.runtime.discovery import Discovery, DiscoveryEvent
-from dynamo_cli.runtime.messaging import RequestPlane
-from dynamo_cli.runtime.workers import InstanceSet
+from dynamo_cli.transport import protocol
+from dynamo_cli.transport.discovery import Discovery, DiscoveryEvent
+from dynamo_cli.transport.messaging import RequestPlane
+from dynamo_cli.transport.workers import InstanceSet
 
 logger = logging.getLogger(__name__)
 
@@ -91,13 +92,7 @@ class RoutingService:
         self.mode = cfg.router.mode
         self.workers = InstanceSet()
         self.metrics = RouterMetrics()
-        self.core = KvRouter(
-            cfg.kv_block_size,
-            overlap_weight=cfg.router.overlap_weight,
-            temperature=cfg.router.temperature,
-            approx_ttl_s=cfg.router.approx_ttl_s,
-            seed=cfg.router.seed,
-        )
+        self.core = KvRouter(kv_block_size(cfg), cfg.router)
         self.policy = (
             make_policy(self.mode, cfg.router.seed) if self.mode in ("round-robin", "random") else None
         )

@@ -11,10 +11,10 @@ import yaml
 
 from dynamo_cli.bench.http import HttpError
 from dynamo_cli.bench.multi_round import served_model
+from dynamo_cli.bench.profiling import ProfileSpec, Step, WorkerCapacity, profile_worker
 from dynamo_cli.bench.session import deployment
 from dynamo_cli.console import emit_json, err_console
 from dynamo_cli.errors import RuntimeFailure, StartupError
-from dynamo_cli.planner.profiling import ProfileSpec, Step, WorkerCapacity, profile_worker
 
 
 @contextlib.contextmanager

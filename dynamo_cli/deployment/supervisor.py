@@ -18,8 +18,9 @@ import orjson
 from rich.console import Console
 from rich.text import Text
 
+from dynamo_cli.config.models import SupervisorConfig
 from dynamo_cli.errors import RuntimeFailure, StartupError
-from dynamo_cli.runtime.lifecycle import PARENT_PID_ENV, READY_FD_ENV
+from dynamo_cli.lifecycle import PARENT_PID_ENV, READY_FD_ENV
 
 logger = logging.getLogger(__name__)
 
@@ -68,9 +69,10 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, console: Console, *, stop_timeout: float = 20.0):
+    def __init__(self, console: Console, cfg: SupervisorConfig):
         self.console = console
-        self.stop_timeout = stop_timeout
+        self.stop_timeout = cfg.stop_timeout_s
+        self.ready_timeout = cfg.ready_timeout_s  # also for a restarted child
         self.children: list[Child] = []
         self.fatal: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._stopping = False
@@ -221,7 +223,7 @@ class Supervisor:
             )
             try:
                 await self._spawn(child)
-                await self._wait_ready(child, timeout=600)
+                await self._wait_ready(child, timeout=self.ready_timeout)
                 if self.on_restart is not None:
                     self.on_restart(child)
             except StartupError as e:

@@ -14,9 +14,9 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from dynamo_cli.roles.frontend.outputs import ChoiceShaper, Piece
-from dynamo_cli.roles.frontend.pipeline import Generation
-from dynamo_cli.roles.frontend.schemas import ChatCompletionRequest, OpenAIError, _Req
+from dynamo_cli.frontend.outputs import ChoiceShaper, Piece
+from dynamo_cli.frontend.pipeline import Generation
+from dynamo_cli.frontend.schemas import ChatCompletionRequest, OpenAIError, _Req
 
 
 def _id(prefix: str) -> str:

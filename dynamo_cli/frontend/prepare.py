@@ -11,12 +11,12 @@ from typing import Any
 
 from dynamo_cli.config.models import FrontendConfig
 from dynamo_cli.engines.structured import validate_structured
+from dynamo_cli.frontend.limits import RequestLimits
+from dynamo_cli.frontend.outputs import ChoiceShaper, ForcedCall
+from dynamo_cli.frontend.reasoning import REASONING_PARSERS, prompt_think_state
+from dynamo_cli.frontend.schemas import ChatCompletionRequest, CompletionRequest, OpenAIError, _Sampling
+from dynamo_cli.frontend.tool_parsers import PARSERS, choose_parser, template_renders_tools
 from dynamo_cli.models.tokenizer import ModelTokenizer
-from dynamo_cli.roles.frontend.limits import RequestLimits
-from dynamo_cli.roles.frontend.outputs import ChoiceShaper, ForcedCall
-from dynamo_cli.roles.frontend.reasoning import REASONING_PARSERS, prompt_think_state
-from dynamo_cli.roles.frontend.schemas import ChatCompletionRequest, CompletionRequest, OpenAIError, _Sampling
-from dynamo_cli.roles.frontend.tool_parsers import PARSERS, choose_parser, template_renders_tools
 
 logger = logging.getLogger(__name__)
 

@@ -7,10 +7,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from dynamo_cli.engines.base import TokenLogprobs
+from dynamo_cli.frontend.reasoning import ReasoningParser
+from dynamo_cli.frontend.tool_parsers import ContentDelta, ToolCallDelta, ToolParser, new_call_id
 from dynamo_cli.models.tokenizer import ModelTokenizer
-from dynamo_cli.roles.frontend.reasoning import ReasoningParser
-from dynamo_cli.roles.frontend.tool_parsers import ContentDelta, ToolCallDelta, ToolParser, new_call_id
+from dynamo_cli.transport.wire import TokenLogprobs
 
 # JSON has no -inf; an engine reports a token it would never sample with this.
 _FLOOR = -9999.0

@@ -1,0 +1,54 @@
+"""Ports: where etcd and NATS are looked for first, and free ports for servers we start."""
+
+from __future__ import annotations
+
+import random
+import socket
+
+DEFAULT_ETCD = "http://127.0.0.1:2379"
+DEFAULT_NATS = "nats://127.0.0.1:4222"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(x) for x in f.read().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def listen_port(host: str = "127.0.0.1") -> int:
+    """A free port for a server that something else binds later (vLLM's NIXL side channel).
+
+    From below the ephemeral range: a port bind(0) hands out is also what the kernel gives the next
+    outgoing connection, and a connection to etcd or NATS took one before vLLM bound it (vLLM's
+    engine then waited forever for its dead listener thread)."""
+    low, _ = _ephemeral_range()
+    if low > 20000:
+        rng = random.Random()
+        for _ in range(64):
+            port = rng.randrange(10000, low)
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind((host, port))
+                except OSError:
+                    continue
+            return port
+    return free_port(host)
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
