@@ -60,10 +60,15 @@ class Endpoint:
         return cls(u.hostname, u.port or (443 if tls else 80), u.path.rstrip("/"), tls)
 
 
+REQUEST_TIMEOUT_S = 600.0  # a request slower than this counts as failed
+
+
 class Connection:
     """A keep-alive connection that reconnects after the server closes it."""
 
-    def __init__(self, endpoint: Endpoint, api_key: str | None = None, timeout: float = 600.0) -> None:
+    def __init__(
+        self, endpoint: Endpoint, api_key: str | None = None, timeout: float = REQUEST_TIMEOUT_S
+    ) -> None:
         self.ep = endpoint
         self.timeout = timeout
         self._auth = f"Authorization: Bearer {api_key}\r\n" if api_key else ""

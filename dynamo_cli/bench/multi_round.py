@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from dynamo_cli.bench.http import Connection, Endpoint, HttpError
+from dynamo_cli.bench.http import REQUEST_TIMEOUT_S, Connection, Endpoint, HttpError
 from dynamo_cli.bench.workload import Script, Workload
 
 LAG_TOLERANCE = 0.1  # a round sent this share of a gap late still counts as on time
@@ -42,7 +42,7 @@ class LoadSpec:
     request_with_user_id: bool = False
     ignore_eos: bool = False
     api_key: str | None = None
-    timeout: float = 600.0
+    timeout: float = REQUEST_TIMEOUT_S
 
     @property
     def user_gap(self) -> float:

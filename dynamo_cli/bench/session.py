@@ -16,7 +16,7 @@ from rich.live import Live
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from dynamo_cli.bench.http import HttpError
+from dynamo_cli.bench.http import REQUEST_TIMEOUT_S, HttpError
 from dynamo_cli.bench.multi_round import LoadResult, LoadSpec, MultiRoundLoad, Record, served_model
 from dynamo_cli.bench.report import pct, summarize, summary_block
 from dynamo_cli.bench.workload import Workload, load_sharegpt
@@ -28,18 +28,18 @@ from dynamo_cli.errors import RuntimeFailure, StartupError, UsageError
 class LoadOptions:
     """The workload flags, as production-stack's multi-round QA names them."""
 
-    num_users: int
-    num_rounds: int
-    qps: float
-    shared_system_prompt: int
-    user_history_prompt: int
-    answer_len: int
-    time: float | None
-    init_user_id: int
-    request_with_user_id: bool
-    sharegpt: bool
-    ignore_eos: bool
-    timeout: float
+    num_users: int = 10
+    num_rounds: int = 5
+    qps: float = 0.5
+    shared_system_prompt: int = 1000
+    user_history_prompt: int = 2000
+    answer_len: int = 100
+    time: float | None = None
+    init_user_id: int = 0
+    request_with_user_id: bool = False
+    sharegpt: bool = False
+    ignore_eos: bool = False
+    timeout: float = REQUEST_TIMEOUT_S
 
     def check(self) -> None:
         for name in ("num_users", "num_rounds", "answer_len"):
@@ -195,8 +195,13 @@ class _LiveView:
         return Group(self.progress, t)
 
 
+START_TIMEOUT_S = 600.0  # a deployment's start, a model download included
+
+
 @contextmanager
-def deployment(spec: str, extra: list[str], timeout: float = 600) -> Iterator[tuple[str, str, str]]:
+def deployment(
+    spec: str, extra: list[str], timeout: float = START_TIMEOUT_S
+) -> Iterator[tuple[str, str, str]]:
     """`dynamo run SPEC EXTRA...` on private etcd/NATS and a free port; yields (base_url, model, label).
 
     SPEC is a profile name or path, optionally followed by `dynamo run` flags ("agg --workers 2")."""

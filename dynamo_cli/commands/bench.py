@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import functools
-import inspect
 import os
 import re
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -51,57 +48,33 @@ COMPARE_HELP = "\n\n".join(
     ]
 )
 
-_OPTS: list[tuple[str, Any, Any]] = [
-    ("num_users", 10, typer.Option(help="Users active at once.")),
-    ("num_rounds", 5, typer.Option(help="Rounds (questions) per user.")),
-    ("qps", 0.5, typer.Option(help="Requests a second, all users together.")),
-    ("shared_system_prompt", 1000, typer.Option(help="Tokens of system prompt shared by every user.")),
-    ("user_history_prompt", 2000, typer.Option(help="Tokens of history of each user's own.")),
-    ("answer_len", 100, typer.Option(help="max_tokens of each answer.")),
-    (
-        "time",
-        None,
-        typer.Option(
-            "--time",
-            help="Run this many seconds in steady state (default: every user's rounds once).",
-            show_default=False,
-        ),
+LOAD = LoadOptions()  # the workload's defaults (they live on LoadOptions)
+NumUsers = Annotated[int, typer.Option(help="Users active at once.")]
+NumRounds = Annotated[int, typer.Option(help="Rounds (questions) per user.")]
+Qps = Annotated[float, typer.Option(help="Requests a second, all users together.")]
+SharedSystemPrompt = Annotated[int, typer.Option(help="Tokens of system prompt shared by every user.")]
+UserHistoryPrompt = Annotated[int, typer.Option(help="Tokens of history of each user's own.")]
+AnswerLen = Annotated[int, typer.Option(help="max_tokens of each answer.")]
+Time = Annotated[
+    Optional[float],
+    typer.Option(
+        "--time",
+        help="Run this many seconds in steady state (default: every user's rounds once).",
+        show_default=False,
     ),
-    ("init_user_id", 0, typer.Option(help="First user id (give each bench process its own range).")),
-    ("request_with_user_id", False, typer.Option(help="Send each request's user id in the `user` field.")),
-    ("sharegpt", False, typer.Option(help="Questions and answer lengths from ShareGPT conversations.")),
-    (
-        "ignore_eos",
-        False,
-        typer.Option(help="Ask for exactly answer-len tokens (vLLM and dynamo accept it)."),
-    ),
-    ("timeout", 600.0, typer.Option(help="Seconds a request may take before it counts as failed.")),
 ]
-_TYPES: dict[str, Any] = {"time": Optional[float]}
+InitUserId = Annotated[int, typer.Option(help="First user id (give each bench process its own range).")]
+RequestWithUserId = Annotated[bool, typer.Option(help="Send each request's user id in the `user` field.")]
+ShareGpt = Annotated[bool, typer.Option(help="Questions and answer lengths from ShareGPT conversations.")]
+IgnoreEos = Annotated[
+    bool, typer.Option(help="Ask for exactly answer-len tokens (vLLM and dynamo accept it).")
+]
+Timeout = Annotated[float, typer.Option(help="Seconds a request may take before it counts as failed.")]
 
 
-def _with_load_options(fn: Callable[..., None]) -> Callable[..., None]:
-    """Adds the workload flags to a command; they reach it as one LoadOptions (``load``)."""
-    sig = inspect.signature(fn, eval_str=True)
-    extra = [
-        inspect.Parameter(
-            name,
-            inspect.Parameter.KEYWORD_ONLY,
-            default=default,
-            annotation=Annotated[_TYPES.get(name, type(default)), info],
-        )
-        for name, default, info in _OPTS
-    ]
-    params = [p for p in sig.parameters.values() if p.name != "load"]
-
-    @functools.wraps(fn)
-    def wrapper(**kw: Any) -> None:
-        load = LoadOptions(**{name: kw.pop(name) for name, _, _ in _OPTS})
-        fn(load=load, **kw)
-
-    wrapper.__signature__ = sig.replace(parameters=[*params, *extra])  # type: ignore[attr-defined]
-    wrapper.__annotations__ = {}
-    return wrapper
+def _load(given: dict[str, Any]) -> LoadOptions:
+    """The workload flags among a command's arguments, as one LoadOptions."""
+    return LoadOptions(**{name: given[name] for name in LoadOptions.__dataclass_fields__})
 
 
 Output = Annotated[
@@ -118,9 +91,7 @@ ApiKey = Annotated[
 
 
 @app.command("multi-round-qa", help=MRQA_HELP)
-@_with_load_options
 def multi_round_qa(
-    load: LoadOptions,
     base_url: Annotated[
         str, typer.Option(help="The endpoint's OpenAI base URL.")
     ] = "http://127.0.0.1:8000/v1",
@@ -148,7 +119,20 @@ def multi_round_qa(
     plot_path: Plot = None,
     log_interval: LogInterval = 30.0,
     json_out: o.Json = False,
+    num_users: NumUsers = LOAD.num_users,
+    num_rounds: NumRounds = LOAD.num_rounds,
+    qps: Qps = LOAD.qps,
+    shared_system_prompt: SharedSystemPrompt = LOAD.shared_system_prompt,
+    user_history_prompt: UserHistoryPrompt = LOAD.user_history_prompt,
+    answer_len: AnswerLen = LOAD.answer_len,
+    time: Time = LOAD.time,
+    init_user_id: InitUserId = LOAD.init_user_id,
+    request_with_user_id: RequestWithUserId = LOAD.request_with_user_id,
+    sharegpt: ShareGpt = LOAD.sharegpt,
+    ignore_eos: IgnoreEos = LOAD.ignore_eos,
+    timeout: Timeout = LOAD.timeout,
 ) -> None:
+    load = _load(locals())
     _check_outputs(output, plot_path)
     if profile is None:
         if engine or sets:
@@ -169,9 +153,7 @@ def multi_round_qa(
 
 
 @app.command("compare", help=COMPARE_HELP)
-@_with_load_options
 def compare(
-    load: LoadOptions,
     profiles: Annotated[
         list[str], typer.Argument(help="Profiles to run, e.g. agg disagg.", show_default=False)
     ],
@@ -183,7 +165,20 @@ def compare(
     ] = None,
     log_interval: LogInterval = 0.0,
     json_out: o.Json = False,
+    num_users: NumUsers = LOAD.num_users,
+    num_rounds: NumRounds = LOAD.num_rounds,
+    qps: Qps = LOAD.qps,
+    shared_system_prompt: SharedSystemPrompt = LOAD.shared_system_prompt,
+    user_history_prompt: UserHistoryPrompt = LOAD.user_history_prompt,
+    answer_len: AnswerLen = LOAD.answer_len,
+    time: Time = LOAD.time,
+    init_user_id: InitUserId = LOAD.init_user_id,
+    request_with_user_id: RequestWithUserId = LOAD.request_with_user_id,
+    sharegpt: ShareGpt = LOAD.sharegpt,
+    ignore_eos: IgnoreEos = LOAD.ignore_eos,
+    timeout: Timeout = LOAD.timeout,
 ) -> None:
+    load = _load(locals())
     load.check()
     if output_dir is not None:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -207,9 +202,9 @@ def compare(
         table.add_column(col, justify="left" if not col else "right")
     for row in compare_rows(summaries):
         table.add_row(*row)
-    from rich.console import Console
+    from dynamo_cli.console import out_console
 
-    Console().print(table)
+    out_console().print(table)
 
 
 def _measure(

@@ -26,7 +26,9 @@ def show(
     from dynamo_cli.config.loader import dump_config, load_config
     from dynamo_cli.console import emit_json
 
-    cfg = load_config(profile, sets=sets, flags=o.common_flags(model, engine, namespace))
+    cfg = load_config(
+        profile, sets=sets, flags=o.profile_flags(model=model, engine=engine, namespace=namespace)
+    )
     parsers = _parsers_in_force(cfg)
     if json_output:
         emit_json({**cfg.model_dump(mode="json"), "parsers_in_force": parsers})

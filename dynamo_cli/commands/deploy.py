@@ -42,16 +42,9 @@ def k8s(
     model: o.Model = None,
     engine: o.Engine = None,
     namespace: o.Namespace = None,
-    workers: Annotated[
-        Optional[int],
-        typer.Option(
-            "--workers", "-w", help="Workers (decode workers when disaggregated).", show_default=False
-        ),
-    ] = None,
+    workers: o.Workers = None,
     gpus: o.Gpus = None,
-    prefill_workers: Annotated[
-        Optional[int], typer.Option(help="Disagg: prefill workers.", show_default=False)
-    ] = None,
+    prefill_workers: o.PrefillWorkers = None,
     prefill_gpus: o.PrefillGpus = None,
     image: Annotated[
         Optional[str],
@@ -72,13 +65,10 @@ def k8s(
     from dynamo_cli.config.loader import load_config
     from dynamo_cli.deploy import k8s as kube
 
-    flags = {
-        **o.common_flags(model, engine, namespace),
-        "workers.count": workers,
-        "workers.gpus": gpus,
-        "prefill_workers.count": prefill_workers,
-        "prefill_workers.gpus": prefill_gpus,
-    }
+    flags = o.profile_flags(
+        model=model, engine=engine, namespace=namespace, workers=workers, gpus=gpus,
+        prefill_workers=prefill_workers, prefill_gpus=prefill_gpus,
+    )  # fmt: skip
     cfg = load_config(profile, sets=sets, flags=flags)
     objs = kube.manifests(
         cfg,

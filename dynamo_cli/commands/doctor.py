@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -47,9 +47,7 @@ def doctor(
     sets: o.Sets = None,
     model: o.Model = None,
     engine: o.Engine = None,
-    port: Annotated[
-        Optional[int], typer.Option("--port", "-p", help="Frontend port (default: 8000).", show_default=False)
-    ] = None,
+    port: o.Port = None,
     gpus: o.Gpus = None,
     prefill_gpus: o.PrefillGpus = None,
     json_output: o.Json = False,
@@ -58,12 +56,7 @@ def doctor(
     from dynamo_cli.console import emit_json
     from dynamo_cli.doctor import diagnose
 
-    flags = {
-        **o.common_flags(model, engine, None),
-        "frontend.port": port,
-        "workers.gpus": gpus,
-        "prefill_workers.gpus": prefill_gpus,
-    }
+    flags = o.profile_flags(model=model, engine=engine, port=port, gpus=gpus, prefill_gpus=prefill_gpus)
     cfg = load_config(profile, sets=sets, flags=flags)
     report = diagnose(cfg)
     if json_output:
@@ -75,9 +68,10 @@ def doctor(
 
 def _render(profile: str, report: Report) -> None:
     from rich import box
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
+
+    from dynamo_cli.console import out_console
 
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     table.add_column("status", no_wrap=True)
@@ -88,7 +82,7 @@ def _render(profile: str, report: Report) -> None:
         if r.fix and r.status != "PASS":
             detail += f"\n[dim]{'hint' if r.status == 'INFO' else 'fix'}: {escape(r.fix)}[/]"
         table.add_row(f"[{_STYLE[r.status]}]{r.status}[/]", r.name, detail)
-    con = Console(highlight=False)
+    con = out_console()
     con.print(table)
     n = report.counts()
     verdict = (

@@ -1,55 +1,145 @@
-"""Option aliases shared by commands, and the mapping from flags to profile keys."""
+"""The options commands share, and the one map from flags to profile keys.
+
+Each flag that sets a profile key is declared here once, as an ``Annotated`` alias, and its key is in
+``PROFILE_KEYS``; a command lists the aliases it takes and passes their values to ``profile_flags``.
+Help texts name the key they set; a default they quote is checked against the config models by
+tests/unit/test_cli.py.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
-Profile = Annotated[
-    Optional[str],
-    typer.Argument(help="Built-in profile name (agg, disagg) or path to a YAML profile.", show_default=False),
-]
-ProfileArg = Annotated[
-    str, typer.Argument(help="Built-in profile name (agg, disagg) or path to a YAML profile.")
-]
+_PROFILE_HELP = "Built-in profile name (agg, disagg) or path to a YAML profile."
+
+# Parameter name -> the profile key it sets: the one flag-to-key map of run, doctor, deploy, config
+# show and role.
+PROFILE_KEYS = {
+    "model": "model",
+    "engine": "engine",
+    "namespace": "namespace",
+    "served_model_name": "served_model_name",
+    "host": "frontend.host",
+    "port": "frontend.port",
+    "workers": "workers.count",
+    "decode_workers": "workers.count",
+    "gpus": "workers.gpus",
+    "decode_tp": "workers.tensor_parallel_size",
+    "prefill_workers": "prefill_workers.count",
+    "prefill_gpus": "prefill_workers.gpus",
+    "prefill_tp": "prefill_workers.tensor_parallel_size",
+    "router_mode": "router.mode",
+    "speedup": "mocker.speedup_ratio",
+    "remote_prefill": "disagg.remote_prefill",
+    "planner": "planner.enabled",
+    "tool_call_parser": "frontend.tool_call_parser",
+    "reasoning_parser": "frontend.reasoning_parser",
+}
+
+
+def profile_flags(**given: Any) -> dict[str, Any]:
+    """Flag values by parameter name -> profile keys (None: not given; a later flag for the same key
+    wins over an earlier one when both are given)."""
+    out: dict[str, Any] = {}
+    for name, value in given.items():
+        if value is not None or PROFILE_KEYS[name] not in out:
+            out[PROFILE_KEYS[name]] = value
+    return out
+
+
+def _opt(*names: str, help: str) -> Any:
+    """A flag that sets a profile key: None when not given, so the profile's value stands."""
+    return typer.Option(*names, help=help, show_default=False)
+
+
+Profile = Annotated[Optional[str], typer.Argument(help=_PROFILE_HELP, show_default=False)]
+ProfileArg = Annotated[str, typer.Argument(help=_PROFILE_HELP)]
 Sets = Annotated[
     Optional[list[str]],
     typer.Option(
         "--set", "-s", help="Override any key: --set router.mode=random (repeatable).", show_default=False
     ),
 ]
+Json = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
+
 Model = Annotated[
     Optional[str],
-    typer.Option(
-        "--model",
-        "-m",
-        help="Model folder or HF id (default: the embedded SmolLM2-135M-Instruct).",
-        show_default=False,
-    ),
+    _opt("--model", "-m", help="Model folder or HF id (default: the embedded SmolLM2-135M-Instruct)."),
 ]
-Engine = Annotated[
-    Optional[str], typer.Option("--engine", "-e", help="Worker engine: mocker or vllm.", show_default=False)
+Engine = Annotated[Optional[str], _opt("--engine", "-e", help="Worker engine: mocker or vllm (engine).")]
+Namespace = Annotated[Optional[str], _opt("--namespace", help="Deployment namespace (namespace).")]
+ServedModelName = Annotated[
+    Optional[str], _opt("--served-model-name", help="Name clients use for the model.")
 ]
-Namespace = Annotated[
-    Optional[str], typer.Option("--namespace", help="Deployment namespace.", show_default=False)
+Host = Annotated[
+    Optional[str], _opt("--host", help="Frontend bind address (frontend.host; default: 127.0.0.1).")
+]
+Port = Annotated[Optional[int], _opt("--port", "-p", help="Frontend port (frontend.port; default: 8000).")]
+Workers = Annotated[
+    Optional[int], _opt("--workers", "-w", help="Worker processes; the decode workers when disaggregated.")
+]
+DecodeWorkers = Annotated[
+    Optional[int], _opt("--decode-workers", help="Disagg: decode worker processes (= --workers).")
 ]
 Gpus = Annotated[
     Optional[str],
-    typer.Option(
-        "--gpus", "--decode-gpus", help="GPUs of the (decode) workers, e.g. 0-3.", show_default=False
+    _opt(
+        "--gpus",
+        "--decode-gpus",
+        help="GPUs of the (decode) workers, e.g. 0-3 (split evenly; a worker's share is its TP size).",
     ),
 ]
-PrefillGpus = Annotated[
-    Optional[str], typer.Option(help="Disagg: GPUs of the prefill workers, e.g. 0-3.", show_default=False)
+DecodeTp = Annotated[
+    Optional[int],
+    _opt("--decode-tp", help="Disagg: tensor parallel per decode worker (splits --decode-gpus)."),
 ]
-Json = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
+PrefillWorkers = Annotated[Optional[int], _opt("--prefill-workers", help="Disagg: prefill worker processes.")]
+PrefillGpus = Annotated[
+    Optional[str], _opt("--prefill-gpus", help="Disagg: GPUs of the prefill workers, e.g. 0-3.")
+]
+PrefillTp = Annotated[
+    Optional[int],
+    _opt("--prefill-tp", help="Disagg: tensor parallel per prefill worker (splits --prefill-gpus)."),
+]
+RouterMode = Annotated[
+    Optional[str], _opt("--router-mode", help="kv, round-robin, random or least-loaded (router.mode).")
+]
+Speedup = Annotated[Optional[float], _opt("--speedup", help="Mocker speedup ratio (mocker.speedup_ratio).")]
+RemotePrefill = Annotated[
+    Optional[bool],
+    _opt(
+        "--remote-prefill/--no-remote-prefill",
+        help="Disagg: send long prompts to prefill workers (disagg.remote_prefill).",
+    ),
+]
+Planner = Annotated[
+    Optional[bool],
+    _opt(
+        "--planner/--no-planner",
+        help="Scale the worker groups with the planner within planner.workers / planner.prefill_workers "
+        "bounds (planner.enabled).",
+    ),
+]
+ToolCallParser = Annotated[
+    Optional[str],
+    _opt(
+        "--tool-call-parser",
+        help="How model text becomes tool_calls: auto, hermes, llama3_json, mistral, pythonic or "
+        "qwen3_coder (frontend.tool_call_parser; auto picks from the chat template).",
+    ),
+]
+ReasoningParser = Annotated[
+    Optional[str],
+    _opt(
+        "--reasoning-parser",
+        help="Split <think> reasoning into reasoning_content: deepseek_r1 or qwen3 "
+        "(frontend.reasoning_parser; default off).",
+    ),
+]
 
 PRECEDENCE_HELP = (
     "Settings come from, lowest to highest: model defaults < profile YAML < environment "
     "(ETCD_ENDPOINTS, NATS_SERVER, DYNAMO__SECTION__KEY=value) < --set a.b=c < explicit flags."
 )
-
-
-def common_flags(model: str | None, engine: str | None, namespace: str | None) -> dict[str, object]:
-    return {"model": model, "engine": engine, "namespace": namespace}

@@ -37,8 +37,19 @@ def profile(
     sets: o.Sets = None,
     model: o.Model = None,
     engine: o.Engine = None,
-    ttft_ms: Annotated[float, typer.Option(help="TTFT target (p90 of a step), ms.")] = 500.0,
-    itl_ms: Annotated[float, typer.Option(help="ITL target (p90 of the requests' mean ITL), ms.")] = 50.0,
+    ttft_ms: Annotated[
+        Optional[float],
+        typer.Option(
+            help="TTFT target (p90 of a step), ms (default: planner.sla.ttft_ms).", show_default=False
+        ),
+    ] = None,
+    itl_ms: Annotated[
+        Optional[float],
+        typer.Option(
+            help="ITL target (p90 of the requests' mean ITL), ms (default: planner.sla.itl_ms).",
+            show_default=False,
+        ),
+    ] = None,
     isl: Annotated[int, typer.Option(help="Prompt length of the prefill sweep, ~tokens.")] = 1000,
     osl: Annotated[int, typer.Option(help="Output tokens per request of the decode sweep.")] = 128,
     step_s: Annotated[float, typer.Option(help="Seconds of load per step.")] = 10.0,
@@ -55,8 +66,11 @@ def profile(
 ) -> None:
     from dynamo_cli.bench.profiling import ProfileSpec
     from dynamo_cli.bench.profiling_cli import run_profile
+    from dynamo_cli.config.models import PlannerSlaConfig
 
-    spec = ProfileSpec(ttft_ms / 1000, itl_ms / 1000, isl, osl, step_s, max_rps=max_rps)
+    sla = PlannerSlaConfig()
+    ttft_s, itl_s = (ttft_ms or sla.ttft_ms) / 1000, (itl_ms or sla.itl_ms) / 1000
+    spec = ProfileSpec(ttft_s, itl_s, isl, osl, step_s, max_rps=max_rps)
     extra: list[str] = []
     for s in sets or []:
         extra += ["--set", s]

@@ -47,5 +47,7 @@ def role(
     from dynamo_cli.config.loader import load_config
     from dynamo_cli.roles.runner import run_role
 
-    cfg = load_config(profile, sets=sets, flags=o.common_flags(model, engine, namespace))
+    cfg = load_config(
+        profile, sets=sets, flags=o.profile_flags(model=model, engine=engine, namespace=namespace)
+    )
     return run_role(name.value, cfg, index)

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
-
-import typer
-
 from dynamo_cli.commands import options as o
 
 HELP = f"""Bring up a whole deployment: etcd and NATS (spawned if none answer), workers, router, frontend.
@@ -40,120 +36,36 @@ def run(
     model: o.Model = None,
     engine: o.Engine = None,
     namespace: o.Namespace = None,
-    served_model_name: Annotated[
-        Optional[str], typer.Option(help="Name clients use for the model.", show_default=False)
-    ] = None,
-    host: Annotated[
-        Optional[str], typer.Option(help="Frontend bind address (default: 127.0.0.1).", show_default=False)
-    ] = None,
-    port: Annotated[
-        Optional[int], typer.Option("--port", "-p", help="Frontend port (default: 8000).", show_default=False)
-    ] = None,
-    workers: Annotated[
-        Optional[int],
-        typer.Option("--workers", "-w", help="Aggregated worker processes.", show_default=False),
-    ] = None,
-    router_mode: Annotated[
-        Optional[str], typer.Option(help="round-robin or random.", show_default=False)
-    ] = None,
-    speedup: Annotated[
-        Optional[float], typer.Option("--speedup", help="Mocker speedup ratio.", show_default=False)
-    ] = None,
-    gpus: Annotated[
-        Optional[str],
-        typer.Option(
-            help="GPUs for the workers, e.g. 0-3 (split evenly; a worker's share is its tensor parallel).",
-            show_default=False,
-        ),
-    ] = None,
-    prefill_workers: Annotated[
-        Optional[int], typer.Option(help="Disagg: prefill worker processes.", show_default=False)
-    ] = None,
-    decode_workers: Annotated[
-        Optional[int], typer.Option(help="Disagg: decode worker processes (= --workers).", show_default=False)
-    ] = None,
-    prefill_gpus: Annotated[
-        Optional[str],
-        typer.Option(
-            help="Disagg: GPUs of the prefill workers, e.g. 0-3 (one worker, TP 4).", show_default=False
-        ),
-    ] = None,
-    decode_gpus: Annotated[
-        Optional[str],
-        typer.Option(help="Disagg: GPUs of the decode workers, e.g. 4-5 (= --gpus).", show_default=False),
-    ] = None,
-    prefill_tp: Annotated[
-        Optional[int],
-        typer.Option(
-            help="Disagg: tensor parallel per prefill worker (splits --prefill-gpus).", show_default=False
-        ),
-    ] = None,
-    decode_tp: Annotated[
-        Optional[int],
-        typer.Option(
-            help="Disagg: tensor parallel per decode worker (splits --decode-gpus).", show_default=False
-        ),
-    ] = None,
-    remote_prefill: Annotated[
-        Optional[bool],
-        typer.Option(
-            "--remote-prefill/--no-remote-prefill",
-            help="Disagg: send long prompts to prefill workers (disagg.remote_prefill).",
-            show_default=False,
-        ),
-    ] = None,
-    planner: Annotated[
-        Optional[bool],
-        typer.Option(
-            "--planner/--no-planner",
-            help="Scale the worker groups with the planner within planner.workers / planner.prefill_workers "
-            "bounds (planner.enabled).",
-            show_default=False,
-        ),
-    ] = None,
-    tool_call_parser: Annotated[
-        Optional[str],
-        typer.Option(
-            help="How model text becomes tool_calls: auto, hermes, llama3_json, mistral, pythonic or "
-            "qwen3_coder (frontend.tool_call_parser; auto picks from the chat template).",
-            show_default=False,
-        ),
-    ] = None,
-    reasoning_parser: Annotated[
-        Optional[str],
-        typer.Option(
-            help="Split <think> reasoning into reasoning_content: deepseek_r1 or qwen3 "
-            "(frontend.reasoning_parser; default off).",
-            show_default=False,
-        ),
-    ] = None,
+    served_model_name: o.ServedModelName = None,
+    host: o.Host = None,
+    port: o.Port = None,
+    workers: o.Workers = None,
+    router_mode: o.RouterMode = None,
+    speedup: o.Speedup = None,
+    gpus: o.Gpus = None,
+    prefill_workers: o.PrefillWorkers = None,
+    decode_workers: o.DecodeWorkers = None,
+    prefill_gpus: o.PrefillGpus = None,
+    prefill_tp: o.PrefillTp = None,
+    decode_tp: o.DecodeTp = None,
+    remote_prefill: o.RemotePrefill = None,
+    planner: o.Planner = None,
+    tool_call_parser: o.ToolCallParser = None,
+    reasoning_parser: o.ReasoningParser = None,
     json_output: o.Json = False,
 ) -> int:
     from dynamo_cli.config.loader import load_config
-    from dynamo_cli.console import err_console
+    from dynamo_cli.console import Sink
     from dynamo_cli.deployment.launcher import run_deployment
     from dynamo_cli.lifecycle import configure_logging
 
-    flags = {
-        **o.common_flags(model, engine, namespace),
-        "served_model_name": served_model_name,
-        "frontend.host": host,
-        "frontend.port": port,
-        "workers.count": workers,
-        "router.mode": router_mode,
-        "mocker.speedup_ratio": speedup,
-        "workers.gpus": decode_gpus or gpus,
-        "prefill_workers.count": prefill_workers,
-        "prefill_workers.gpus": prefill_gpus,
-        "prefill_workers.tensor_parallel_size": prefill_tp,
-        "workers.tensor_parallel_size": decode_tp,
-        "disagg.remote_prefill": remote_prefill,
-        "planner.enabled": planner,
-        "frontend.tool_call_parser": tool_call_parser,
-        "frontend.reasoning_parser": reasoning_parser,
-    }
-    if decode_workers is not None:
-        flags["workers.count"] = decode_workers
+    flags = o.profile_flags(
+        model=model, engine=engine, namespace=namespace, served_model_name=served_model_name, host=host,
+        port=port, workers=workers, decode_workers=decode_workers, router_mode=router_mode,
+        speedup=speedup, gpus=gpus, prefill_workers=prefill_workers, prefill_gpus=prefill_gpus,
+        prefill_tp=prefill_tp, decode_tp=decode_tp, remote_prefill=remote_prefill, planner=planner,
+        tool_call_parser=tool_call_parser, reasoning_parser=reasoning_parser,
+    )  # fmt: skip
     cfg = load_config(profile, sets=sets, flags=flags)
     configure_logging(cfg.log_level)
-    return run_deployment(cfg, err_console(), json_output=json_output)
+    return run_deployment(cfg, Sink(json_output=json_output))

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from dynamo_cli.config.keys import underscored
 from dynamo_cli.config.models import DynamoConfig
 from dynamo_cli.errors import ConfigError
 
@@ -55,13 +56,6 @@ def resolve_profile_path(profile: str) -> Path:
     )
 
 
-def _underscored(node: Any) -> Any:
-    """Keys may be spelled with hyphens, as the reference system's profiles do (remote-prefill)."""
-    if isinstance(node, dict):
-        return {(k.replace("-", "_") if isinstance(k, str) else k): _underscored(v) for k, v in node.items()}
-    return node
-
-
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
@@ -71,7 +65,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read ({e.strerror})") from e
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a profile must be a mapping of keys to values")
-    return _underscored(data)
+    return underscored(data)
 
 
 def _text_field(dotted: str) -> tuple[bool, bool]:
@@ -105,7 +99,7 @@ def _parse_value(text: str, dotted: str) -> Any:
 
 
 def set_path(tree: dict[str, Any], dotted: str, value: Any, source: str) -> None:
-    keys = dotted.replace("-", "_").split(".")
+    keys = underscored(dotted).split(".")
     if not all(keys):
         raise ConfigError(f"{source}: '{dotted}' is not a key path", hint="use dotted keys like router.mode")
     node = tree
@@ -123,7 +117,7 @@ def parse_set(items: list[str]) -> list[tuple[str, Any]]:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set '{item}' is not key=value", hint="e.g. --set router.mode=random")
-        key = key.strip().replace("-", "_")
+        key = underscored(key.strip())
         out.append((key, _parse_value(raw, key)))
     return out
 

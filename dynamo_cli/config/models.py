@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from dynamo_cli.config.keys import underscored
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -216,9 +218,7 @@ class DisaggConfig(_Model):
     @model_validator(mode="before")
     @classmethod
     def _seed_spelling(cls, data: object) -> object:
-        if isinstance(data, dict):
-            return {k.replace("-", "_") if isinstance(k, str) else k: v for k, v in data.items()}
-        return data
+        return underscored(data)
 
 
 class MockerConfig(_Model):

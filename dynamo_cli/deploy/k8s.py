@@ -18,6 +18,7 @@ from dynamo_cli import __version__
 from dynamo_cli.config.loader import dump_config
 from dynamo_cli.config.models import DynamoConfig, Group, WorkerGroupConfig, parse_gpu_list
 from dynamo_cli.errors import UsageError
+from dynamo_cli.transport.ports import ETCD_PORT, NATS_PORT
 
 DEFAULT_IMAGE = f"dynamo-cli:{__version__}"
 ETCD_IMAGE = "quay.io/coreos/etcd:v3.5.17"
@@ -25,8 +26,6 @@ NATS_IMAGE = "nats:2.10-alpine"
 PROFILE_DIR = "/etc/dynamo"
 PROFILE_FILE = "profile.yaml"
 PROFILE_PATH = f"{PROFILE_DIR}/{PROFILE_FILE}"
-ETCD_PORT = 2379
-NATS_PORT = 4222
 NATS_MONITOR_PORT = 8222
 PROFILE_HASH_ANNOTATION = "dynamo/profile-sha256"  # on pod templates: a changed profile rolls the pods
 REASON_ANNOTATION = "dynamo/planner-reason"  # on worker Deployments: why the planner last scaled them

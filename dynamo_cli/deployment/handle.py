@@ -35,6 +35,7 @@ class Deployment:
     # each stamped "_t" (time.monotonic() when read); appended by a reader thread that keeps stdout
     # drained for the deployment's whole life.
     events: list[dict[str, Any]] = field(default_factory=list)
+    reader: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -65,10 +66,12 @@ class Deployment:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         try:
-            return self.proc.wait(timeout)
+            code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
             raise
+        self._join_reader()
+        return code
 
     def kill(self) -> None:
         """Last resort: SIGKILL the launcher and every process it reported starting."""
@@ -76,6 +79,12 @@ class Deployment:
             if pid and process_alive(int(pid)):
                 os.kill(int(pid), signal.SIGKILL)
         self.proc.wait(10)
+        self._join_reader()
+
+    def _join_reader(self) -> None:
+        """The launcher is gone: its stdout ends, and the reader closes it."""
+        if self.reader is not None:
+            self.reader.join(10)
 
 
 def start(tmp: Path, *args: str, timeout: float = 90, env: dict[str, str] | None = None) -> Deployment:
@@ -107,20 +116,21 @@ def start(tmp: Path, *args: str, timeout: float = 90, env: dict[str, str] | None
 
     def read() -> None:
         assert proc.stdout is not None
-        for line in proc.stdout:
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            event["_t"] = time.monotonic()
-            dep.events.append(event)
-            if event.get("event") == "ready":
-                dep.ready = event
-                got_ready.set()
+        with proc.stdout:
+            for line in proc.stdout:
+                try:
+                    event = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                event["_t"] = time.monotonic()
+                dep.events.append(event)
+                if event.get("event") == "ready":
+                    dep.ready = event
+                    got_ready.set()
         got_ready.set()  # stdout closed: the launcher is gone
 
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    dep.reader = threading.Thread(target=read, daemon=True)
+    dep.reader.start()
     got_ready.wait(timeout)
     if not dep.ready:
         if proc.poll() is None:

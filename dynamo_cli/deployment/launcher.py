@@ -15,11 +15,10 @@ from urllib.parse import urlparse
 
 import httpx
 import yaml
-from rich.console import Console
 
 from dynamo_cli.config.checks import disagg_findings
 from dynamo_cli.config.models import DynamoConfig
-from dynamo_cli.console import emit_json
+from dynamo_cli.console import Sink
 from dynamo_cli.deployment.scaling import WorkerGroup, role_argv, worker_groups
 from dynamo_cli.deployment.servers import ServerPlan, etcd_version, nats_info, plan_etcd, plan_nats
 from dynamo_cli.deployment.supervisor import ProcessSpec, Supervisor
@@ -84,29 +83,28 @@ async def _wait_healthy(url: str, timeout: float) -> dict[str, Any]:
 
 
 class Launcher:
-    def __init__(self, cfg: DynamoConfig, console: Console, *, json_output: bool = False):
+    def __init__(self, cfg: DynamoConfig, out: Sink):
         self.cfg = cfg
-        self.console = console
-        self.json_output = json_output
-        self.sup = Supervisor(console, cfg.supervisor)
+        self.out = out
+        self.sup = Supervisor(out, cfg.supervisor)
         self.workdir = Path(tempfile.mkdtemp(prefix="dynamo-run-"))
         self.url: str | None = None
         self.planner: LocalPlanner | None = None
 
     async def _start(self, t0: float) -> None:
-        cfg, con = self.cfg, self.console
+        cfg, out = self.cfg, self.out
         weights = cfg.engine == "vllm"
-        with con.status("Preparing the model (the first run converts the embedded one, ~20 s)..."):
+        with out.status("Preparing the model (the first run converts the embedded one, ~20 s)..."):
             model: ResolvedModel = await asyncio.to_thread(
                 resolve_model, cfg.model, cfg.served_model_name, weights=weights
             )
         context = read_model_info(model.path).context_length
         for finding in disagg_findings(cfg, context):
-            con.print(f"[bold yellow]warning:[/] {finding.message}\n  hint: {finding.hint}")
+            out.warn(finding.message, finding.hint)
         plans = [plan_etcd(cfg.infra.etcd, self.workdir), plan_nats(cfg.infra.nats, self.workdir)]
         spawned = [p for p in plans if p.spawn]
         for p in plans:
-            con.print(f"{p.name}: {'spawning a local server at' if p.spawn else 'using'} {p.url}")
+            out.say(f"{p.name}: {'spawning a local server at' if p.spawn else 'using'} {p.url}")
         timeout = cfg.supervisor.ready_timeout_s
         restarts = cfg.supervisor.infra_max_restarts
         await asyncio.gather(
@@ -119,7 +117,7 @@ class Launcher:
         config_path.write_text(yaml.safe_dump(resolved.model_dump(mode="json"), sort_keys=False))
         groups = worker_groups(resolved)
         specs = role_specs(resolved, config_path, self.workdir, groups)
-        with con.status(f"Starting {len(specs)} role process(es)..."):
+        with out.status(f"Starting {len(specs)} role process(es)..."):
             children = await asyncio.gather(*(self.sup.start(s, timeout=timeout) for s in specs))
             self.url = children[-1].ready_info.get("url")
             assert self.url is not None
@@ -131,7 +129,7 @@ class Launcher:
             mode = "conditional" if cfg.disagg.conditional_disagg else "always"
             remote = f"remote prefill {mode}" if cfg.disagg.remote_prefill else "remote prefill OFF"
             workers = f"{health['workers']} decode + {cfg.prefill_workers.size} prefill worker(s), {remote}"
-        con.print(
+        out.say(
             f"[bold green]Ready[/] in {elapsed:.2f} s: {self.url}/v1 serving [bold]{model.name}[/] "
             f"with {workers}, engine {cfg.engine}, router {cfg.router.mode}; Ctrl-C stops."
         )
@@ -152,13 +150,12 @@ class Launcher:
                 by_group,
                 config_path=config_path,
                 workdir=self.workdir,
-                console=con,
-                json_output=self.json_output,
+                out=out,
             )
-        if self.json_output:
-            emit_json(
+        if out.json_output:
+            out.event(
+                "ready",
                 {
-                    "event": "ready",
                     "url": self.url,
                     "model": model.name,
                     "ready_s": round(elapsed, 3),
@@ -166,7 +163,7 @@ class Launcher:
                     "nats": plans[1].url,
                     "processes": {c.spec.name: c.pid for c in self.sup.children},
                     "roles": {c.spec.name: c.ready_info for c in self.sup.children if c.ready_info},
-                }
+                },
             )
         if self.planner is not None:
             await self.planner.start()
@@ -190,10 +187,10 @@ class Launcher:
             if self.planner is not None:
                 await self.planner.stop()
             if shutdown.requested.is_set():
-                self.console.print("Stopping (Ctrl-C again to force)...")
+                self.out.say("Stopping (Ctrl-C again to force)...")
             await self.sup.stop_all()
             shutil.rmtree(self.workdir, ignore_errors=True)
-        self.console.print("Stopped.")
+        self.out.say("Stopped.")
         return 130 if shutdown.signal == signal.SIGINT else 0
 
     def _force(self) -> None:
@@ -202,8 +199,8 @@ class Launcher:
         os._exit(130)
 
 
-def run_deployment(cfg: DynamoConfig, console: Console, *, json_output: bool = False) -> int:
+def run_deployment(cfg: DynamoConfig, out: Sink) -> int:
     async def main() -> int:
-        return await Launcher(cfg, console, json_output=json_output).run()
+        return await Launcher(cfg, out).run()
 
     return run_async(main())

@@ -7,12 +7,11 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
 from dynamo_cli.config.models import DynamoConfig, Group
-from dynamo_cli.console import emit_json
+from dynamo_cli.console import Sink
 from dynamo_cli.deployment.scaling import LocalConnector, WorkerGroup
 from dynamo_cli.deployment.supervisor import Child, Supervisor
 from dynamo_cli.planner.inputs import observation_json
@@ -32,12 +31,10 @@ class LocalPlanner:
         *,
         config_path: Path,
         workdir: Path,
-        console: Console,
-        json_output: bool,
+        out: Sink,
     ):
         self.cfg = cfg
-        self.console = console
-        self.json_output = json_output
+        self.out = out
         self.bounds = planned_groups(cfg)
         self.connector = LocalConnector(
             sup,
@@ -63,12 +60,12 @@ class LocalPlanner:
     async def start(self) -> None:
         await self.role.start()
         p = self.cfg.planner
-        self.console.print(
+        self.out.say(
             f"planner: {p.policy} policy every {p.interval_s:g} s, bounds "
             + ", ".join(f"{_SHORT[g]} {b.min}..{b.max}" for g, b in self.bounds.items())
         )
-        if self.console.is_terminal and not self.json_output:
-            self._live = Live(self.line(), console=self.console, refresh_per_second=4, transient=True)
+        if self.out.live:
+            self._live = Live(self.line(), console=self.out.console, refresh_per_second=4, transient=True)
             self._live.start()
         self._changed()
 
@@ -101,36 +98,28 @@ class LocalPlanner:
         self._shown = text.plain
         if self._live is not None:
             self._live.update(text)
-        elif not self.json_output:
-            self.console.print(text)
-        if self.json_output:
+        elif not self.out.json_output:
+            self.out.say(text)
+        if self.out.json_output:
             c = self.connector
-            emit_json(
+            self.out.event(
+                "replicas",
                 {
-                    "event": "replicas",
                     "ready": c.ready_counts(),
                     "target": dict(c.target),
                     "starting": {g: n for g, n in c.starting.items() if n},
                     "draining": sorted(c.draining),
                     "processes": {k.spec.name: k.pid for kids in c.running.values() for k in kids.values()},
-                }
+                },
             )
 
     def _observed(self, obs: Observation) -> None:
-        if self.json_output:  # each interval's inputs, for whoever studies the planner (the benchmark)
-            emit_json({"event": "observation", **observation_json(obs)})
+        # each interval's inputs, for whoever studies the planner (the benchmark)
+        self.out.event("observation", observation_json(obs))
 
     def _decided(self, d: Decision) -> None:
-        self.console.print(
-            f"[bold]planner[/]: {_SHORT[d.group]} {d.current} -> {d.target}: {d.reason}", highlight=False
+        self.out.event(
+            "scale",
+            {"group": d.group, "from": d.current, "to": d.target, "reason": d.reason},
+            f"[bold]planner[/]: {_SHORT[d.group]} {d.current} -> {d.target}: {d.reason}",
         )
-        if self.json_output:
-            emit_json(
-                {
-                    "event": "scale",
-                    "group": d.group,
-                    "from": d.current,
-                    "to": d.target,
-                    "reason": d.reason,
-                }
-            )

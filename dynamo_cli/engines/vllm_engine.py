@@ -27,39 +27,20 @@ from typing import Any
 from dynamo_cli.config.models import DynamoConfig
 from dynamo_cli.engines import kv_block_size
 from dynamo_cli.engines.base import Engine, KvEventSink
+from dynamo_cli.engines.vllm_kv_events import KvEventTranslator
 from dynamo_cli.engines.vllm_nixl import (
     PullPlanner,
     kv_transfer_config,
     lease_running_out,
     prefill_result,
 )
+from dynamo_cli.engines.vllm_outputs import FINISH, prompt_logprobs, refusal, token_logprobs
+from dynamo_cli.engines.vllm_sampling import sampling_params, warm_up
 from dynamo_cli.errors import StartupError
 from dynamo_cli.kv.fallbacks import FALLBACKS, KV_LEASE, PREFILL_TIMEOUT, TRANSFER
-from dynamo_cli.kv.hashing import chain_hashes, local_block_hashes
-from dynamo_cli.transport.wire import (
-    EngineOutput,
-    EngineRequest,
-    FinishReason,
-    KvEvent,
-    LoadMetrics,
-    TokenLogprobs,
-)
+from dynamo_cli.transport.wire import EngineOutput, EngineRequest, LoadMetrics
 
 logger = logging.getLogger(__name__)
-
-_FINISH: dict[str, FinishReason] = {
-    "stop": "stop",
-    "length": "length",
-    "abort": "abort",
-    "error": "error",  # vLLM: a retryable internal error (a KV load under the "fail" policy)
-    "repetition": "stop",
-}
-
-
-# JSON has no -inf: a logprob vLLM reports as -inf (or NaN) goes out as this.
-LOGPROB_FLOOR = -9999.0
-# SamplingOptions.structured's keys (vLLM's StructuredOutputsParams silently ignores unknown ones).
-STRUCTURED_KINDS = frozenset({"json", "json_object", "regex", "choice", "grammar"})
 
 WORKER_EXTENSION = "dynamo_cli.engines.vllm_worker_ext.DynamoWorkerExtension"
 HANDSHAKE_TIMEOUT_S = 15.0  # vLLM gives up on a side channel that does not answer after 5 s
@@ -72,94 +53,6 @@ def cuda_available() -> bool:
         return bool(torch.cuda.is_available())
     except ImportError:
         return False
-
-
-class KvEventTranslator:
-    """vLLM's BlockStored / BlockRemoved / AllBlocksCleared -> KvEvent with our chained hashes."""
-
-    def __init__(self, block_size: int):
-        self.block_size = block_size
-        self._ours: dict[Any, int] = {}  # vLLM block hash -> our sequence hash
-        self._next_id = 1
-
-    def _event(self, kind: str, hashes: list[int], parent: int | None = None) -> KvEvent:
-        ev = KvEvent(self._next_id, kind, hashes, parent)  # type: ignore[arg-type]
-        self._next_id += 1
-        return ev
-
-    @property
-    def last_event_id(self) -> int:
-        return self._next_id - 1
-
-    def cached(self) -> list[int]:
-        return list(self._ours.values())
-
-    def translate(self, raw: Any) -> list[KvEvent]:
-        """One decoded vLLM event: a map with a "type" tag, or a tagged array [tag, field, ...]."""
-        if isinstance(raw, dict):
-            tag = raw.get("type")
-            hashes, parent, token_ids = (
-                raw.get("block_hashes") or [],
-                raw.get("parent_block_hash"),
-                raw.get("token_ids") or [],
-            )
-        else:
-            tag = raw[0]
-            hashes = raw[1] if len(raw) > 1 else []
-            parent = raw[2] if len(raw) > 2 else None
-            token_ids = raw[3] if len(raw) > 3 else []
-        if tag == "BlockStored":
-            parent_ours = self._ours.get(_key(parent), 0) if parent is not None else 0
-            ours = chain_hashes(local_block_hashes(token_ids, self.block_size), parent_ours)
-            for eh, oh in zip(hashes, ours, strict=False):
-                self._ours[_key(eh)] = oh
-            return [self._event("stored", ours, parent_ours or None)] if ours else []
-        if tag == "BlockRemoved":
-            gone = [h for eh in hashes if (h := self._ours.pop(_key(eh), None)) is not None]
-            return [self._event("removed", gone)] if gone else []
-        if tag == "AllBlocksCleared":
-            self._ours.clear()
-            return [self._event("cleared", [])]
-        return []
-
-
-def _key(h: Any) -> Any:
-    return bytes(h) if isinstance(h, (bytearray, memoryview)) else h
-
-
-def _finite(logprob: float) -> float:
-    return logprob if logprob >= LOGPROB_FLOOR else LOGPROB_FLOOR  # also NaN
-
-
-def token_logprobs(token_id: int, entries: dict[int, Any] | None, k: int) -> TokenLogprobs:
-    """One position of vLLM's logprobs: {token id: Logprob(logprob, rank, ...)} holding the chosen
-    token and the top k (the chosen one once if among them) -> (its logprob, top ids, top logprobs)."""
-    if not entries:
-        return LOGPROB_FLOOR, [], []
-    own = entries.get(token_id)
-    ranked = sorted(entries.items(), key=lambda e: e[1].rank)
-    if 0 <= k < len(ranked):  # the chosen token is not in the top k: it is the extra entry
-        ranked = [e for e in ranked if e[0] != token_id][:k]
-    return (
-        _finite(own.logprob) if own is not None else LOGPROB_FLOOR,
-        [tid for tid, _ in ranked],
-        [_finite(lp.logprob) for _, lp in ranked],
-    )
-
-
-def prompt_logprobs(prompt: list[int], entries: list[Any], k: int) -> list[TokenLogprobs | None]:
-    """vLLM's prompt logprobs (None for the first token, which has no context) in our terms."""
-    return [None if e is None else token_logprobs(t, e, k) for t, e in zip(prompt, entries, strict=True)]
-
-
-def _refusal(e: BaseException) -> BaseException | None:
-    """The error if vLLM refused the request itself (a bad parameter, a constraint its structured-output
-    backends cannot compile): the request fails, the engine is fine. None for anything else."""
-    from vllm.exceptions import VLLMClientError
-
-    if type(e).__name__ == "EngineGenerateError" and e.__cause__ is not None:
-        e = e.__cause__  # vLLM wraps what it did not expect, ValueErrors included
-    return e if isinstance(e, (VLLMClientError, ValueError)) else None
 
 
 class VllmEngine(Engine):
@@ -263,23 +156,13 @@ class VllmEngine(Engine):
                 f"vLLM could not load {self.model_path.name}: {e}", hint="see the lines above"
             ) from e
         self.kv_bytes_per_block = self._block_bytes()
-        await self._warm_up()
+        await warm_up(self._engine)
         self._dead = asyncio.get_running_loop().create_future()
         self._tasks.append(asyncio.create_task(self._watch_health(), name="vllm-health"))
         if endpoint and on_kv_event:
             self._tasks.append(
                 asyncio.create_task(self._relay_events(endpoint, on_kv_event), name="vllm-kv-events")
             )
-
-    async def _warm_up(self) -> None:
-        """One token with logprobs before any work: vLLM compiles its logprob ranking on the first such
-        request (2-15 s on CPU), which would otherwise stall that request and everything batched with it."""
-        from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
-
-        params = SamplingParams(max_tokens=1, logprobs=1, detokenize=False)
-        async for _ in self._engine.generate(TokensPrompt(prompt_token_ids=[0]), params, "dynamo-warm-up"):
-            pass
 
     def kv_peer(self) -> dict[str, Any] | None:
         if not self.disagg or self.side_channel is None or self._engine is None:
@@ -386,41 +269,9 @@ class VllmEngine(Engine):
             ctx.term()
 
     def _stream(self, request: EngineRequest, kv: dict[str, Any] | None) -> AsyncIterator[Any]:
-        from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
-        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
-        s = request.sampling
-        structured = None
-        if s.structured is not None:
-            if len(s.structured) != 1 or not set(s.structured) <= STRUCTURED_KINDS:
-                raise ValueError(
-                    f"structured output takes exactly one of {', '.join(sorted(STRUCTURED_KINDS))}, "
-                    f"not {', '.join(s.structured) or 'none'}"
-                )
-            structured = StructuredOutputsParams(**s.structured)
-        params = SamplingParams(
-            n=1,
-            max_tokens=s.max_tokens,
-            temperature=s.temperature,
-            top_p=s.top_p,
-            top_k=s.top_k if s.top_k > 0 else 0,
-            seed=s.seed,
-            ignore_eos=s.ignore_eos,
-            min_tokens=s.min_tokens,
-            stop_token_ids=s.stop_token_ids or None,
-            presence_penalty=s.presence_penalty,
-            frequency_penalty=s.frequency_penalty,
-            repetition_penalty=s.repetition_penalty,
-            min_p=s.min_p,
-            logit_bias=s.logit_bias or None,
-            logprobs=s.logprobs,
-            prompt_logprobs=s.prompt_logprobs,
-            structured_outputs=structured,
-            output_kind=RequestOutputKind.DELTA,
-            detokenize=False,
-            extra_args={"kv_transfer_params": kv} if kv is not None else None,
-        )
+        params = sampling_params(request.sampling, kv)
         prompt = TokensPrompt(prompt_token_ids=request.prompt_token_ids)
         return self._engine.generate(prompt, params, request.request_id).__aiter__()  # type: ignore[no-any-return]
 
@@ -476,7 +327,7 @@ class VllmEngine(Engine):
                 async for out in outputs:
                     was_first, first = first, False
                     o = out.outputs[0]
-                    reason = _FINISH.get(o.finish_reason) if o.finish_reason else None
+                    reason = FINISH.get(o.finish_reason) if o.finish_reason else None
                     finished = reason is not None
                     result = EngineOutput(list(o.token_ids), reason)
                     if s.logprobs is not None:
@@ -505,7 +356,7 @@ class VllmEngine(Engine):
                 finished = True
                 yield EngineOutput([], "error", error=str(e))
                 return
-            refused = _refusal(e) if first else None
+            refused = refusal(e) if first else None
             if refused is None:
                 raise
             finished = True  # vLLM never took it: nothing to abort

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dynamo_cli.frontend.reasoning import ReasoningParser
-from dynamo_cli.frontend.tool_parsers import ContentDelta, ToolCallDelta, ToolParser, new_call_id
+from dynamo_cli.frontend.tool_parsers_base import ContentDelta, ToolCallDelta, ToolParser, new_call_id
 from dynamo_cli.models.tokenizer import ModelTokenizer
 from dynamo_cli.transport.wire import TokenLogprobs
 

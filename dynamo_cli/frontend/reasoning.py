@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from dynamo_cli.frontend.tool_parsers import partial_suffix
+from dynamo_cli.frontend.tool_parsers_base import partial_suffix
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"

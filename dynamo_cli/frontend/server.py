@@ -3,32 +3,37 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import orjson
 from fastapi import FastAPI
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
 
 from dynamo_cli.errors import UsageError
-from dynamo_cli.frontend.client import WorkerClient, WorkerFailure
+from dynamo_cli.frontend.choice_runs import ChoiceRun, _all, _interleaved
+from dynamo_cli.frontend.client import WorkerFailure
+from dynamo_cli.frontend.completion_bodies import CompletionBodies
 from dynamo_cli.frontend.fields import Endpoint, UnknownFields, check_refused
+from dynamo_cli.frontend.http_responses import (
+    _DONE,
+    SSEResponse,
+    _race_disconnect,
+    _sse,
+    _sse_event,
+    error_response,
+    json_response,
+)
 from dynamo_cli.frontend.limits import BodyLimit
-from dynamo_cli.frontend.metrics import FrontendMetrics
-from dynamo_cli.frontend.outputs import ChoiceShaper, LogprobFormatter, call_delta
-from dynamo_cli.frontend.parsing import BodyParser
+from dynamo_cli.frontend.outputs import LogprobFormatter, call_delta
 from dynamo_cli.frontend.pipeline import Generation, build_generation, new_request_id, run_generation
-from dynamo_cli.frontend.prepare import ChatSetup, Prepared, prepare
-from dynamo_cli.frontend.responses import ResponseEvents, ResponseShape, ResponsesRequest, to_chat
+from dynamo_cli.frontend.prepare import Prepared, prepare
+from dynamo_cli.frontend.responses import ResponseEvents, ResponseShape
+from dynamo_cli.frontend.responses_request import ResponsesRequest, to_chat
 from dynamo_cli.frontend.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -37,189 +42,21 @@ from dynamo_cli.frontend.schemas import (
     _Sampling,
     validation_error,
 )
+from dynamo_cli.frontend.state import FrontendState
 from dynamo_cli.models.logprob_json import chat_logprobs
-from dynamo_cli.models.tokenizer import ModelTokenizer
 from dynamo_cli.routing.policies import NoWorkersError
-from dynamo_cli.routing.service import RoutingService
-from dynamo_cli.transport.wire import TokenLogprobs
-from dynamo_cli.transport.workers import InstanceSet
 
 logger = logging.getLogger(__name__)
 
-_JSON = "application/json"
-_SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
-_DONE = b"data: [DONE]\n\n"
 # A body this small templates and tokenises in about a millisecond: cheaper in place than the thread
 # hop, which also waits for the GIL (benchmarks.preprocess: 0.7 ms and a 2.7 ms loop stall inline for a
 # 1.3k-token chat, against 1.0 ms and 4.0 ms through a thread).
 INLINE_PREPROCESS_BYTES = 16 * 1024
 
-
-@dataclass
-class FrontendState:
-    model: str
-    tokenizer: ModelTokenizer
-    client: WorkerClient
-    workers: InstanceSet
-    metrics: FrontendMetrics
-    parser: BodyParser  # JSON and the caps on it, large bodies in other processes
-    # Templating and tokenisation run here, off the event loop (the encoders release the GIL).
-    preprocess: ThreadPoolExecutor
-    max_body: int  # bytes (frontend.max_body_mb)
-    routing: RoutingService | None = None  # the embedded router, if any
-    setup: ChatSetup = field(default_factory=lambda: ChatSetup("hermes", False, None))  # parsers in force
-
-
-def json_response(body: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(body), status_code=status, media_type=_JSON)
-
-
-def error_response(err: OpenAIError) -> Response:
-    return json_response(err.body(), err.status)
-
-
-async def _wait_disconnect(receive: Receive) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
-async def _race_disconnect(receive: Receive, work: Awaitable[Any]) -> tuple[bool, Any]:
-    """Run ``work``; cancel it if the client goes away. Returns (disconnected, result)."""
-    task = asyncio.ensure_future(work)
-    watch = asyncio.ensure_future(_wait_disconnect(receive))
-    try:
-        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:
-        task.cancel()
-        raise
-    finally:
-        watch.cancel()
-    if task.done():
-        return False, task.result()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await task
-    return True, None
-
-
-class SSEResponse(Response):
-    """Server-sent events; the generation is cancelled as soon as the client disconnects."""
-
-    def __init__(self, chunks: AsyncIterator[bytes]):
-        self._chunks = chunks
-        self.status_code = 200
-        self.background = None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async def pump() -> None:
-            await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
-            async for chunk in self._chunks:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-        try:
-            await _race_disconnect(receive, pump())
-        except OSError:  # the client went away between two sends
-            pass
-        finally:
-            await self._chunks.aclose()  # type: ignore[attr-defined]
-
-
-def _sse(obj: dict[str, Any]) -> bytes:
-    return b"data: " + orjson.dumps(obj) + b"\n\n"
-
-
-def _sse_event(obj: dict[str, Any]) -> bytes:
-    """A Responses API event: its type named on the event line too."""
-    return b"event: " + obj["type"].encode() + b"\ndata: " + orjson.dumps(obj) + b"\n\n"
-
-
 ENDPOINTS: dict[str, Endpoint] = {"chatcmpl": "chat", "cmpl": "completions", "resp": "responses"}
 
 
-@dataclass
-class ChoiceRun:
-    """One choice of a request (n > 1: one generation each, sharing the prompt's cached KV)."""
-
-    gen: Generation
-    shaper: ChoiceShaper
-    deltas: AsyncIterator[str]
-    first: str | None = None
-    started: bool = False
-
-    async def start(self) -> None:
-        try:
-            self.first = await self.deltas.__anext__()
-        except StopAsyncIteration:
-            self.first = None
-        self.started = True
-
-    async def texts(self) -> AsyncIterator[str]:
-        if self.first:
-            yield self.first
-        async for text in self.deltas:
-            yield text
-
-    async def collect(self) -> None:
-        async for text in self.texts():
-            self.shaper.feed(text)
-        self.shaper.finish()
-
-    async def close(self) -> None:
-        await self.deltas.aclose()  # type: ignore[attr-defined]
-
-
-async def _all(runs: list[ChoiceRun], work: Callable[[ChoiceRun], Awaitable[None]]) -> None:
-    """``work`` on every choice at once; the first failure cancels the others and is raised."""
-    if len(runs) == 1:
-        await work(runs[0])
-        return
-    tasks = [asyncio.ensure_future(work(r)) for r in runs]
-    try:
-        await asyncio.gather(*tasks)
-    finally:
-        for t in tasks:
-            t.cancel()
-
-
-async def _interleaved(runs: list[ChoiceRun]) -> AsyncIterator[tuple[ChoiceRun, str | None]]:
-    """Every choice's text deltas as they come, (run, None) when a choice ends."""
-    if len(runs) == 1:
-        run = runs[0]
-        async for text in run.texts():
-            yield run, text
-        yield run, None
-        return
-    queue: asyncio.Queue[tuple[ChoiceRun, str | None, BaseException | None]] = asyncio.Queue()
-
-    async def pump(run: ChoiceRun) -> None:
-        try:
-            async for text in run.texts():
-                await queue.put((run, text, None))
-            await queue.put((run, None, None))
-        except asyncio.CancelledError:
-            raise
-        except BaseException as e:
-            await queue.put((run, None, e))
-
-    tasks = [asyncio.ensure_future(pump(r)) for r in runs]
-    try:
-        left = len(runs)
-        while left:
-            run, delta, error = await queue.get()
-            if error is not None:
-                raise error
-            if delta is None:
-                left -= 1
-            yield run, delta
-    finally:
-        for t in tasks:
-            t.cancel()
-
-
-class Api:
+class Api(CompletionBodies):
     def __init__(self, state: FrontendState):
         self.s = state
         self.unknown = UnknownFields(
@@ -332,71 +169,6 @@ class Api:
             m.inflight.dec()
             m.count(endpoint, status)
             m.duration.observe(time.perf_counter() - t0)
-
-    @staticmethod
-    def _usage(runs: list[ChoiceRun]) -> dict[str, Any]:
-        usage = runs[0].gen.usage()
-        if len(runs) > 1:
-            out = sum(r.gen.completion_tokens for r in runs)
-            usage["completion_tokens"] = out
-            usage["total_tokens"] = usage["prompt_tokens"] + out
-        return usage
-
-    def _prompt_entries(self, gen: Generation) -> list[tuple[int, TokenLogprobs | None]]:
-        return list(zip(gen.prompt_ids, gen.prompt_logprobs or [None] * len(gen.prompt_ids), strict=False))
-
-    def _full(self, runs: list[ChoiceRun], kind: str, prep: Prepared) -> dict[str, Any]:
-        choices = []
-        for run in runs:
-            gen, shaper = run.gen, run.shaper
-            want_lp = gen.sampling.logprobs is not None
-            if kind == "chatcmpl":
-                choice: dict[str, Any] = {
-                    "index": gen.index,
-                    "message": shaper.message(),
-                    "logprobs": chat_logprobs(gen.logprob_entries) if want_lp else None,
-                    "finish_reason": shaper.finish_reason(gen.finish_reason),
-                }
-            else:
-                text = "".join(shaper.content)
-                entries: list[tuple[int, TokenLogprobs | None]] = list(gen.logprob_entries)
-                if prep.prompt_text is not None:
-                    text = prep.prompt_text + text
-                    if gen.prompt_logprobs is not None:
-                        entries = self._prompt_entries(gen) + entries
-                lp = self.logprobs.completion(entries, 0)[0] if want_lp else None
-                choice = {
-                    "index": gen.index,
-                    "text": text,
-                    "logprobs": lp,
-                    "finish_reason": gen.finish_reason,
-                }
-                if gen.prompt_logprobs is not None and prep.prompt_text is None:
-                    choice["prompt_logprobs"] = self._vllm_prompt_logprobs(gen)
-            choices.append(choice)
-        return {
-            "id": runs[0].gen.request_id.rsplit("-", 1)[0] if len(runs) > 1 else runs[0].gen.request_id,
-            "object": "chat.completion" if kind == "chatcmpl" else "text_completion",
-            "created": int(time.time()),
-            "model": self.s.model,
-            "choices": choices,
-            "usage": self._usage(runs),
-        }
-
-    def _vllm_prompt_logprobs(self, gen: Generation) -> list[dict[str, Any] | None]:
-        """vLLM's `prompt_logprobs`: per prompt token, None or {token id: {logprob, rank, decoded_token}}."""
-        out: list[dict[str, Any] | None] = []
-        for token_id, lps in self._prompt_entries(gen):
-            if lps is None:
-                out.append(None)
-                continue
-            lp, ids, top = lps
-            entry = {str(token_id): {"logprob": lp, "decoded_token": self.s.tokenizer.decode([token_id])}}
-            for rank, (tid, tlp) in enumerate(zip(ids, top, strict=False), 1):
-                entry.setdefault(str(tid), {"logprob": tlp, "decoded_token": self.s.tokenizer.decode([tid])})
-                entry[str(tid)]["rank"] = rank
-            out.append(entry)
-        return out
 
     async def _response_stream(self, run: ChoiceRun, shape: ResponseShape) -> AsyncIterator[bytes]:
         events = ResponseEvents(shape)

@@ -21,7 +21,8 @@ from dynamo_cli.frontend.limits import MIB, RequestLimits
 from dynamo_cli.frontend.metrics import FrontendMetrics
 from dynamo_cli.frontend.parsing import BodyParser
 from dynamo_cli.frontend.prepare import ChatSetup
-from dynamo_cli.frontend.server import FrontendState, build_app
+from dynamo_cli.frontend.server import build_app
+from dynamo_cli.frontend.state import FrontendState
 from dynamo_cli.models.resolve import ResolvedModel
 from dynamo_cli.models.tokenizer import ModelTokenizer
 from dynamo_cli.roles.base import Role

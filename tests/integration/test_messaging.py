@@ -98,11 +98,10 @@ async def test_cancel_stops_the_remote_handler(planes, namespace: str) -> None:
 
 async def test_no_responders_fails_fast(planes, namespace: str) -> None:
     _, client = planes
-    t0 = time.monotonic()
     stream = await client.request(f"{namespace}.nobody", b"", accept_timeout=5, idle_timeout=5)
+    # NATS said nobody listens: waiting out the accept timeout would raise RequestTimeoutError instead.
     with pytest.raises(NoRespondersError):
         await _collect(stream)
-    assert time.monotonic() - t0 < 1.0
 
 
 async def test_unanswered_request_times_out(planes, namespace: str) -> None:
@@ -115,9 +114,10 @@ async def test_unanswered_request_times_out(planes, namespace: str) -> None:
     await server.nc.flush()
     t0 = time.monotonic()
     stream = await client.request(f"{namespace}.mute", b"", accept_timeout=0.5, idle_timeout=5)
-    with pytest.raises(RequestTimeoutError):
+    with pytest.raises(RequestTimeoutError, match="did not accept") as err:
         await _collect(stream)
-    assert 0.4 < time.monotonic() - t0 < 2.0
+    assert time.monotonic() - t0 >= 0.4  # it waited the accept timeout out
+    assert "silent" not in str(err.value)  # the accept timeout ended it, not the (longer) idle one
     await sub.unsubscribe()
 
 
@@ -159,15 +159,12 @@ async def test_dead_server_mid_stream_is_detected(nats_url: str, namespace: str)
         assert (await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 20)).strip() == "ready"  # type: ignore[union-attr]
         stream = await client.request(subject, b"", accept_timeout=2, idle_timeout=1.0)
         ticks = 0
-        killed_at = None
-        with pytest.raises(RequestTimeoutError):
+        with pytest.raises(RequestTimeoutError):  # the idle timeout, well before the test's own
             async for _ in stream:
                 ticks += 1
                 if ticks == 5:
                     os.kill(proc.pid, signal.SIGKILL)
-                    killed_at = time.monotonic()
-        assert killed_at is not None
-        assert time.monotonic() - killed_at < 2.5
+        assert ticks >= 5
         # A new request to the dead instance fails at once.
         with pytest.raises(NoRespondersError):
             await _collect(await client.request(subject, b"", accept_timeout=2, idle_timeout=1))
@@ -175,6 +172,7 @@ async def test_dead_server_mid_stream_is_detected(nats_url: str, namespace: str)
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+        proc.stdout.close()  # type: ignore[union-attr]
         await client.close()
 
 

@@ -128,3 +128,24 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tok(model_dir: Path) -> ModelTokenizer:
     return ModelTokenizer(model_dir)
+
+
+@pytest.fixture(autouse=True)
+def _unit_tier_stays_in_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unit tests open no network socket and start no process: those belong in tests/integration.
+    (Local socket pairs, which every asyncio event loop makes, are allowed.)"""
+    import socket
+    import subprocess
+
+    real_init = socket.socket.__init__
+
+    def guarded_init(self: socket.socket, family: int = -1, *args: object, **kwargs: object) -> None:
+        if family in (socket.AF_INET, socket.AF_INET6) and kwargs.get("fileno") is None:
+            raise AssertionError("a unit test opened a network socket: move it to tests/integration")
+        real_init(self, family, *args, **kwargs)  # type: ignore[arg-type]
+
+    def no_process(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a unit test started a process: move it to tests/integration")
+
+    monkeypatch.setattr(socket.socket, "__init__", guarded_init)
+    monkeypatch.setattr(subprocess.Popen, "__init__", no_process)

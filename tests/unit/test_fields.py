@@ -41,20 +41,6 @@ def test_every_openai_request_field_is_recognised(endpoint: fields.Endpoint) -> 
     assert openai_fields - recognised(endpoint) == set()
 
 
-@pytest.mark.parametrize(
-    ("endpoint", "module", "cls"),
-    [
-        ("chat", "vllm.entrypoints.openai.chat_completion.protocol", "ChatCompletionRequest"),
-        ("completions", "vllm.entrypoints.openai.completion.protocol", "CompletionRequest"),
-        ("responses", "vllm.entrypoints.openai.responses.protocol", "ResponsesRequest"),
-    ],
-)
-def test_every_vllm_request_field_is_recognised(endpoint: fields.Endpoint, module: str, cls: str) -> None:
-    protocol = pytest.importorskip(module)
-    vllm_fields = set(getattr(protocol, cls).model_fields)
-    assert vllm_fields - recognised(endpoint) == set()
-
-
 @pytest.mark.parametrize("endpoint", ["chat", "completions", "responses"])
 def test_a_field_has_one_fate(endpoint: fields.Endpoint) -> None:
     honoured, no_effect, refused = HONOURED[endpoint], NO_EFFECT[endpoint], set(REFUSED[endpoint])

@@ -31,14 +31,7 @@ HEAVY_ALLOWED = ("engines/vllm_", "kv/nixl_backend.py", "models/")
 
 MAX_LINES = 400
 # Over the limit today, to be split; none may grow, and a module that falls under the limit leaves.
-TOO_LONG = {
-    "engines/mocker/engine.py": 549,
-    "engines/vllm_engine.py": 548,
-    "frontend/responses.py": 412,
-    "frontend/server.py": 551,
-    "frontend/tool_parsers.py": 736,
-    "transport/messaging.py": 431,
-}
+TOO_LONG = {}
 
 
 def _modules() -> dict[str, Path]:

@@ -227,18 +227,3 @@ def test_frontend_counts_the_planners_decisions() -> None:
     assert 'dynamo_planner_decisions_total{direction="up",group="workers"} 2.0' in text
     assert 'dynamo_planner_decisions_total{direction="down",group="prefill_workers"} 1.0' in text
     assert 'dynamo_planner_target_replicas{group="workers"} 3.0' in text
-
-
-def test_role_planner_outside_a_cluster_says_where_the_local_planner_is() -> None:
-    import subprocess
-    import sys
-
-    r = subprocess.run(
-        [sys.executable, "-m", "dynamo_cli", "role", "planner", "agg"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"PATH": "/usr/bin:/bin", "COLUMNS": "200"},
-    )
-    assert r.returncode == 3, r.stderr
-    assert "not running in a Kubernetes pod" in r.stderr and "dynamo run PROFILE --planner" in r.stderr

@@ -11,15 +11,8 @@ from typing import Any
 
 import pytest
 
-from dynamo_cli.frontend.tool_parsers import (
-    PARSERS,
-    ContentDelta,
-    ToolCallDelta,
-    ToolParser,
-    assemble,
-    choose_parser,
-    template_renders_tools,
-)
+from dynamo_cli.frontend.tool_parsers import PARSERS, choose_parser, template_renders_tools
+from dynamo_cli.frontend.tool_parsers_base import ContentDelta, ToolCallDelta, ToolParser, assemble
 
 
 def tool(name: str, properties: dict[str, Any]) -> dict[str, Any]:

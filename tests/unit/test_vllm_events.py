@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dynamo_cli.engines.vllm_engine import KvEventTranslator
+from dynamo_cli.engines.vllm_kv_events import KvEventTranslator
 from dynamo_cli.kv.hashing import sequence_block_hashes
 
 BS = 4

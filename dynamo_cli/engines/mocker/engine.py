@@ -12,113 +12,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
-import random
-from array import array
 from collections import deque
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import xxhash
+from typing import TYPE_CHECKING
 
 from dynamo_cli.config.models import MockerConfig
 from dynamo_cli.engines.base import Engine, KvEventSink
-from dynamo_cli.engines.mocker import logprobs
-from dynamo_cli.engines.mocker.pool import BlockPool, BlockTable
-from dynamo_cli.engines.mocker.timing import TimingModel
+from dynamo_cli.engines.mocker.pool import BlockPool
+from dynamo_cli.engines.mocker.request import DONE, RUNNING, WAITING, Request
+from dynamo_cli.engines.mocker.sampling import TokenSampler, grammar_sampler
+from dynamo_cli.engines.mocker.timing import Clock, LoopClock, TimingModel
 from dynamo_cli.kv.hashing import sequence_block_hashes
-from dynamo_cli.transport.wire import (
-    EngineOutput,
-    EngineRequest,
-    FinishReason,
-    LoadMetrics,
-    SamplingOptions,
-    TokenLogprobs,
-)
+from dynamo_cli.transport.wire import EngineOutput, EngineRequest, FinishReason, LoadMetrics
 
 if TYPE_CHECKING:
     from dynamo_cli.engines.structured import GrammarSampler
 
 logger = logging.getLogger(__name__)
-
-_WAITING, _RUNNING, _DONE = 0, 1, 2
-_U64 = (1 << 64) - 1
-_LOGPROB_SALT = 0x6C6F6770726F6273  # logprobs draw from their own RNG: asking for them changes no token
-
-
-def _tokens_digest(tokens: Sequence[int], seed: int = 0) -> int:
-    return xxhash.xxh3_64_intdigest(array("q", tokens).tobytes(), seed & _U64)
-
-
-class _Request:
-    """Scheduler state and output buffer of one request."""
-
-    __slots__ = (
-        "banned",
-        "cached_tokens",
-        "error",
-        "finish",
-        "first_sent",
-        "forced",
-        "id",
-        "k",
-        "lp_rng",
-        "num_computed",
-        "num_output",
-        "offset",
-        "pending",
-        "pending_lp",
-        "prompt_len",
-        "remote_decode",
-        "remote_tokens",
-        "rng",
-        "sampler",
-        "sampling",
-        "state",
-        "stop_ids",
-        "table",
-        "tokens",
-        "waiter",
-    )
-
-    def __init__(self, request: EngineRequest) -> None:
-        self.id = request.request_id
-        self.sampling: SamplingOptions = request.sampling
-        self.tokens: list[int] = list(request.prompt_token_ids)  # prompt, then outputs
-        self.prompt_len = len(self.tokens)
-        self.num_computed = 0  # tokens whose KV is in the pool
-        self.num_output = 0
-        self.table = BlockTable()
-        self.state = _WAITING
-        self.rng: random.Random | None = None
-        self.offset = 0  # start of the top-p / top-k candidate window
-        self.k = 1  # size of that window
-        self.stop_ids: frozenset[int] = frozenset(request.sampling.stop_token_ids)
-        # logit_bias, as far as a simulation can honour it: -100 bans a token, 100 forces one.
-        bias = request.sampling.logit_bias or {}
-        self.banned: frozenset[int] = frozenset(t for t, b in bias.items() if b <= -100)
-        forced = [t for t, b in bias.items() if b >= 100]
-        self.forced: int | None = min(forced) if forced else None
-        self.cached_tokens = 0
-        self.first_sent = False
-        self.pending: list[int] = []  # tokens not yet handed to the consumer
-        self.pending_lp: list[TokenLogprobs] = []  # their logprobs, when asked for
-        self.lp_rng: random.Random | None = None  # set when logprobs are asked for
-        self.sampler: GrammarSampler | None = None  # structured output
-        self.finish: FinishReason | None = None
-        self.error: str | None = None
-        self.waiter: asyncio.Future[None] | None = None
-        # Disaggregated serving: a prefill request keeps its KV for a remote decode; a decode request
-        # gets its first ``remote_tokens`` prompt tokens' KV from a prefill worker (no compute time).
-        params = request.kv_transfer_params or {}
-        self.remote_decode = bool(params.get("do_remote_decode"))
-        self.remote_tokens = int(params.get("remote_tokens", 0))
-
-    def wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
 
 
 class MockerEngine(Engine):
@@ -127,7 +38,8 @@ class MockerEngine(Engine):
     ``vocab_size`` and ``eos_token_ids`` come from the model (``cfg.vocab_size`` overrides the
     former); ``instance_seed`` seeds unseeded sampling, so a worker's run is reproducible.
     ``model_path``: the model folder, whose tokenizer structured output needs (without it, structured
-    requests fail with an error).
+    requests fail with an error). ``clock``: what a step's modelled duration is waited out on (default:
+    the event loop's clock, so steps take real time; tests pass a fake one).
     """
 
     def __init__(
@@ -138,25 +50,20 @@ class MockerEngine(Engine):
         eos_token_ids: list[int],
         instance_seed: int = 0,
         model_path: Path | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.cfg = cfg
+        self._clock: Clock = clock if clock is not None else LoopClock()
         self._model_path = model_path
         self.block_size = cfg.block_size
-        self._vocab = cfg.vocab_size if cfg.vocab_size is not None else vocab_size
-        self._eos_id = eos_token_ids[0] if eos_token_ids else None
-        # Output tokens come from range(vocab) minus the EOS ids; index j maps to a token by skipping them.
-        self._eos_skip = sorted({e for e in eos_token_ids if 0 <= e < self._vocab})
-        self._num_candidates = self._vocab - len(self._eos_skip)
-        if self._num_candidates < 1:
-            raise ValueError(f"vocab_size {self._vocab} leaves no token besides the EOS ids")
-        self._rng = random.Random(instance_seed)  # for unseeded sampling
+        self._sampler = TokenSampler(cfg, vocab_size, eos_token_ids, instance_seed)
         self._pool = BlockPool(
             cfg.num_blocks, cfg.block_size, enable_prefix_caching=cfg.enable_prefix_caching
         )
         self._timing = TimingModel.from_config(cfg)
-        self._reqs: dict[str, _Request] = {}
-        self._waiting: deque[_Request] = deque()
-        self._running: list[_Request] = []
+        self._reqs: dict[str, Request] = {}
+        self._waiting: deque[Request] = deque()
+        self._running: list[Request] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -171,7 +78,7 @@ class MockerEngine(Engine):
         sampler: GrammarSampler | None = None
         error: str | None = None
         if request.sampling.structured is not None:
-            sampler, error = await self._grammar_sampler(request.sampling.structured)
+            sampler, error = await grammar_sampler(self._model_path, request.sampling.structured)
         req = self._submit(request, sampler, error)
         loop = asyncio.get_running_loop()
         try:
@@ -193,9 +100,7 @@ class MockerEngine(Engine):
                     out.cached_tokens = req.cached_tokens
                     k = req.sampling.prompt_logprobs
                     if k is not None and req.error is None:  # a function of the prompt, as a model's
-                        prompt = req.tokens[: req.prompt_len]
-                        seed = _tokens_digest(prompt, _LOGPROB_SALT)
-                        out.prompt_logprobs = logprobs.prompt_logprobs(prompt, k, self._vocab, seed)
+                        out.prompt_logprobs = self._sampler.prompt_logprobs(req, k)
                 yield out
                 if out.finish_reason is not None:
                     return
@@ -233,66 +138,18 @@ class MockerEngine(Engine):
         """Forget every cached block (emits a "cleared" KV event)."""
         self._pool.clear()
 
-    def _window_token(self, req: _Request, index: int) -> int:
-        """The token at ``index`` (modulo its size) of the request's candidate window."""
-        token = (req.offset + index % req.k) % self._num_candidates
-        for eos in self._eos_skip:
-            if token >= eos:
-                token += 1
-        return token
-
-    def _candidate(self, req: _Request, index: int) -> int:
-        """The token at ``index`` of the request's candidate window, or the next one logit_bias does
-        not ban (all banned: the one drawn, as a -100 bias only lowers a logit)."""
-        first = -1
-        for j in range(min(req.k, len(req.banned) + 1)):
-            token = self._window_token(req, index + j)
-            if token not in req.banned:
-                return token
-            first = token if first < 0 else first
-        return first
-
     # -- submission and completion --------------------------------------------------------------
-
-    async def _grammar_sampler(self, spec: dict[str, Any]) -> tuple[GrammarSampler | None, str | None]:
-        """The grammar state of a structured request, built off the event loop (the first request of
-        a model also loads its tokenizer); or why there is none."""
-        folder = self._model_path
-        if folder is None:
-            return None, "structured output needs the model's tokenizer; this mocker has no model folder"
-        from dynamo_cli.engines.structured import GrammarSampler, StructuredError, grammar_tokenizer
-        from dynamo_cli.errors import DynamoError
-
-        try:
-            return await asyncio.to_thread(lambda: GrammarSampler(grammar_tokenizer(folder), spec)), None
-        except (StructuredError, DynamoError) as e:
-            return None, f"structured output: {e}"
 
     def _submit(
         self, request: EngineRequest, sampler: GrammarSampler | None = None, error: str | None = None
-    ) -> _Request:
-        req = _Request(request)
+    ) -> Request:
+        req = Request(request)
         req.sampler = sampler
         error = self._reject_reason(req) or error
         if error is not None:
-            req.finish, req.error, req.state = "error", error, _DONE
+            req.finish, req.error, req.state = "error", error, DONE
             return req
-        s = req.sampling
-        if s.temperature <= 0:
-            seed = _tokens_digest(req.tokens)
-        elif s.seed is not None:
-            seed = _tokens_digest(req.tokens, s.seed)
-        else:
-            seed = self._rng.getrandbits(64)
-        rng = req.rng = random.Random(seed)
-        if s.logprobs is not None:
-            req.lp_rng = random.Random(seed ^ _LOGPROB_SALT)
-        n = self._num_candidates
-        k = n if s.top_p >= 1.0 else max(1, math.ceil(s.top_p * n))
-        if s.top_k > 0:
-            k = min(k, s.top_k)
-        req.k = k
-        req.offset = rng.randrange(n) if k < n else 0
+        self._sampler.prepare(req)
         if self._pool.enable_prefix_caching:
             req.table.hashes = sequence_block_hashes(req.tokens, self.block_size)
         self._reqs[req.id] = req
@@ -301,7 +158,7 @@ class MockerEngine(Engine):
         self._wakeup.set()
         return req
 
-    def _reject_reason(self, req: _Request) -> str | None:
+    def _reject_reason(self, req: Request) -> str | None:
         if self._closed:
             return "the engine is closed"
         if req.prompt_len == 0:
@@ -319,7 +176,7 @@ class MockerEngine(Engine):
         return None
 
     def _finish(
-        self, req: _Request, reason: FinishReason, error: str | None = None, detach: bool = True
+        self, req: Request, reason: FinishReason, error: str | None = None, detach: bool = True
     ) -> None:
         """End ``req``; ``detach`` removes it from the waiting/running queues (the step filters them)."""
         if req.finish is not None:
@@ -328,11 +185,11 @@ class MockerEngine(Engine):
         if self._reqs.get(req.id) is req:
             del self._reqs[req.id]
         if detach:
-            if req.state == _WAITING:
+            if req.state == WAITING:
                 self._waiting.remove(req)
-            elif req.state == _RUNNING:
+            elif req.state == RUNNING:
                 self._running.remove(req)
-        req.state = _DONE
+        req.state = DONE
         if req.table.blocks:
             self._pool.release(req.table)
         req.wake()
@@ -355,12 +212,12 @@ class MockerEngine(Engine):
                 logger.exception("mocker scheduler step failed")
                 self._running, self._waiting = [], deque()
                 for req in list(self._reqs.values()):
-                    req.state = _DONE  # already off the queues
+                    req.state = DONE  # already off the queues
                     self._finish(req, "error", "internal error in the mocker engine")
 
     async def _step(self) -> None:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        clock = self._clock
+        started = clock.time()
         scheduled, prefill_tokens, decodes = self._schedule()
         if not scheduled:  # cannot happen (the oldest request always fits); never spin on it
             stuck = self._running[0] if self._running else self._waiting[0]
@@ -370,17 +227,17 @@ class MockerEngine(Engine):
         pool = self._pool
         ms = self._timing.step_ms(prefill_tokens, decodes, pool.used / pool.total)
         # The modelled time covers the whole step, so the scheduling work above counts towards it.
-        delay = started + ms / 1000.0 - loop.time()
-        await asyncio.sleep(delay if delay > 0.0 else 0.0)
+        delay = started + ms / 1000.0 - clock.time()
+        await clock.sleep(delay if delay > 0.0 else 0.0)
         self._advance(scheduled)
 
-    def _schedule(self) -> tuple[list[tuple[_Request, int]], int, int]:
+    def _schedule(self) -> tuple[list[tuple[Request, int]], int, int]:
         """Pick this step's work and allocate its blocks. Returns (request, tokens) pairs,
         the prefill token count and the number of decoding requests."""
         pool = self._pool
         capacity = pool.num_blocks * self.block_size
         budget = self.cfg.max_num_batched_tokens
-        scheduled: list[tuple[_Request, int]] = []
+        scheduled: list[tuple[Request, int]] = []
         prefill_tokens = decodes = 0
         running = self._running
         preempted = False
@@ -399,7 +256,7 @@ class MockerEngine(Engine):
                 preempted = True
                 if victim is req:
                     break
-            if req.state != _RUNNING:
+            if req.state != RUNNING:
                 break
             scheduled.append((req, n))
             budget -= n
@@ -429,7 +286,7 @@ class MockerEngine(Engine):
             if not pool.allocate(req.table, computed + n, prefix):
                 break
             waiting.popleft()
-            req.state = _RUNNING
+            req.state = RUNNING
             req.num_computed = computed
             if req.num_output == 0:
                 req.cached_tokens = cached
@@ -442,107 +299,35 @@ class MockerEngine(Engine):
                 prefill_tokens += n
         return scheduled, prefill_tokens, decodes
 
-    def _preempt(self, req: _Request) -> None:
+    def _preempt(self, req: Request) -> None:
         """Free ``req``'s blocks and queue it first in line; it recomputes (mostly from cache) later."""
         self._pool.release(req.table)
         req.num_computed = 0
         req.remote_tokens = 0  # blocks not yet committed are gone: recompute what the cache lacks
-        req.state = _WAITING
+        req.state = WAITING
         self._waiting.appendleft(req)
         logger.debug("preempted request %s", req.id)
 
-    def _advance(self, scheduled: list[tuple[_Request, int]]) -> None:
+    def _advance(self, scheduled: list[tuple[Request, int]]) -> None:
         """The step's compute is done: commit KV, sample one token per completed sequence."""
         pool = self._pool
         caching = pool.enable_prefix_caching
         any_done = False
         for req, n in scheduled:
-            if req.state != _RUNNING:  # aborted while the step ran
+            if req.state != RUNNING:  # aborted while the step ran
                 continue
             req.num_computed += n
             if caching:
                 pool.commit(req.table, req.tokens, req.num_computed)
             if req.num_computed == len(req.tokens):
-                reason = self._sample(req) if req.sampler is None else self._sample_structured(req)
+                if req.sampler is None:
+                    reason = self._sampler.sample(req)
+                else:
+                    reason = self._sampler.sample_structured(req)
                 if reason is not None:
                     self._finish(req, reason, req.error, detach=False)
                     any_done = True
                 else:
                     req.wake()
         if any_done:
-            self._running = [r for r in self._running if r.state == _RUNNING]
-
-    def _sample(self, req: _Request) -> FinishReason | None:
-        """Append one output token; return a finish reason if it ends the request."""
-        s = req.sampling
-        rng = req.rng
-        assert rng is not None
-        can_stop = not s.ignore_eos and req.num_output >= s.min_tokens
-        eos_roll = rng.random() if self.cfg.eos_rate > 0.0 else 1.0
-        reason: FinishReason | None = None
-        eos = self._eos_id
-        if (
-            can_stop
-            and eos is not None
-            and eos not in req.banned
-            and req.forced is None
-            and eos_roll < self.cfg.eos_rate
-        ):
-            token, reason = eos, "stop"
-        else:
-            token = req.forced if req.forced is not None else self._candidate(req, int(rng.random() * req.k))
-            if can_stop and token in req.stop_ids:
-                reason = "stop"
-        self._append(req, token)
-        if reason is None and req.num_output >= s.max_tokens:
-            reason = "length"
-        return reason
-
-    def _sample_structured(self, req: _Request) -> FinishReason | None:
-        """``_sample`` under a grammar: the token is one it allows; its end (EOS) stops the request,
-        even before min_tokens or with ignore_eos, since no other token is valid then."""
-        from dynamo_cli.engines.structured import StructuredError
-
-        s = req.sampling
-        sampler = req.sampler
-        assert sampler is not None and req.rng is not None
-        can_stop = not s.ignore_eos and req.num_output >= s.min_tokens
-        try:
-            token = sampler.next_token(
-                req.rng,
-                progress=req.num_output / s.max_tokens,
-                can_stop=can_stop,
-                banned=req.banned,
-                forced=req.forced,
-            )
-        except StructuredError as e:
-            req.error = f"structured output: {e}"
-            return "error"
-        reason: FinishReason | None = "stop" if sampler.finished else None
-        if token is None:  # the grammar ended and the model has no EOS token to say so
-            return reason
-        if can_stop and token in req.stop_ids:
-            reason = "stop"
-        self._append(req, token)
-        if reason is None and req.num_output >= s.max_tokens:
-            reason = "length"
-        return reason
-
-    def _append(self, req: _Request, token: int) -> None:
-        req.tokens.append(token)
-        req.pending.append(token)
-        req.num_output += 1
-        if req.lp_rng is not None:
-            req.pending_lp.append(self._token_logprobs(req, token))
-
-    def _token_logprobs(self, req: _Request, token: int) -> TokenLogprobs:
-        """Logprobs of a sampled token; the alternatives come from the tokens it was drawn among."""
-        rng, k = req.lp_rng, req.sampling.logprobs
-        assert rng is not None and k is not None
-        if req.sampler is not None:
-            allowed = req.sampler.allowed
-            count, at = len(allowed), lambda i: int(allowed[i])
-        else:
-            count, at = req.k, lambda i: self._window_token(req, i)
-        others, covers_all = logprobs.pick_alternatives(rng, token, k, count, at, req.banned)
-        return logprobs.sampled_logprobs(rng, token, k, others, covers_all)
+            self._running = [r for r in self._running if r.state == RUNNING]

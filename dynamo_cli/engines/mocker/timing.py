@@ -3,12 +3,15 @@
 prefill_ms(t) = (a*t^2 + b*t + c) / speedup for t new (uncached) tokens in the step;
 decode_ms(u) = max(1, d2*u^2 + d1*u + d0) / speedup for KV utilisation u = used / total blocks.
 A step costs its prefill part (if it prefills anything) plus its decode part (if anything decodes).
-The coefficients and the speedup come from ``MockerConfig``; see docs/mocker.md.
+The coefficients and the speedup come from ``MockerConfig``; see docs/mocker.md. The scheduler waits
+each step out on a ``Clock``: the event loop's by default, a fake one in tests.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
+from typing import Protocol
 
 from dynamo_cli.config.models import MockerConfig
 
@@ -47,3 +50,21 @@ class TimingModel:
         if num_decodes > 0:
             ms += self.decode_ms(kv_usage)
         return ms
+
+
+class Clock(Protocol):
+    """Where the scheduler reads the time and waits out a simulated step (seconds)."""
+
+    def time(self) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class LoopClock:
+    """The running event loop's clock: a simulated step takes its modelled time for real."""
+
+    def time(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)

@@ -23,6 +23,8 @@ from dynamo_cli.deployment.servers import (
 from dynamo_cli.errors import StartupError
 from dynamo_cli.transport.ports import free_port, port_is_free
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture
 def closed_port() -> int:

@@ -22,6 +22,8 @@ from dynamo_cli.kv.transfer import (
     stamp_blocks,
 )
 
+pytestmark = pytest.mark.integration
+
 BPB = 4096  # bytes per simulated KV block
 
 

@@ -1,0 +1,183 @@
+"""The mocker's token sampling: output tokens drawn from a request's top-p / top-k candidate window
+under logit_bias, EOS and stop tokens, or from what a structured-output grammar allows, with their
+simulated logprobs."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+from array import array
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import xxhash
+
+from dynamo_cli.config.models import MockerConfig
+from dynamo_cli.engines.mocker import logprobs
+from dynamo_cli.engines.mocker.request import Request
+from dynamo_cli.transport.wire import FinishReason, TokenLogprobs
+
+if TYPE_CHECKING:
+    from dynamo_cli.engines.structured import GrammarSampler
+
+_U64 = (1 << 64) - 1
+_LOGPROB_SALT = 0x6C6F6770726F6273  # logprobs draw from their own RNG: asking for them changes no token
+
+
+def _tokens_digest(tokens: Sequence[int], seed: int = 0) -> int:
+    return xxhash.xxh3_64_intdigest(array("q", tokens).tobytes(), seed & _U64)
+
+
+async def grammar_sampler(
+    folder: Path | None, spec: dict[str, Any]
+) -> tuple[GrammarSampler | None, str | None]:
+    """The grammar state of a structured request, built off the event loop (the first request of
+    a model also loads its tokenizer); or why there is none. ``folder``: the model folder."""
+    if folder is None:
+        return None, "structured output needs the model's tokenizer; this mocker has no model folder"
+    from dynamo_cli.engines.structured import GrammarSampler, StructuredError, grammar_tokenizer
+    from dynamo_cli.errors import DynamoError
+
+    try:
+        return await asyncio.to_thread(lambda: GrammarSampler(grammar_tokenizer(folder), spec)), None
+    except (StructuredError, DynamoError) as e:
+        return None, f"structured output: {e}"
+
+
+class TokenSampler:
+    """Draws one request's tokens. ``vocab_size`` and ``eos_token_ids`` come from the model
+    (``cfg.vocab_size`` overrides the former); ``instance_seed`` seeds unseeded sampling."""
+
+    def __init__(
+        self, cfg: MockerConfig, vocab_size: int, eos_token_ids: list[int], instance_seed: int
+    ) -> None:
+        self.cfg = cfg
+        self._vocab = cfg.vocab_size if cfg.vocab_size is not None else vocab_size
+        self._eos_id = eos_token_ids[0] if eos_token_ids else None
+        # Output tokens come from range(vocab) minus the EOS ids; index j maps to a token by skipping them.
+        self._eos_skip = sorted({e for e in eos_token_ids if 0 <= e < self._vocab})
+        self._num_candidates = self._vocab - len(self._eos_skip)
+        if self._num_candidates < 1:
+            raise ValueError(f"vocab_size {self._vocab} leaves no token besides the EOS ids")
+        self._rng = random.Random(instance_seed)  # for unseeded sampling
+
+    def prepare(self, req: Request) -> None:
+        """Seed ``req``'s draws and place its candidate window."""
+        s = req.sampling
+        if s.temperature <= 0:
+            seed = _tokens_digest(req.tokens)
+        elif s.seed is not None:
+            seed = _tokens_digest(req.tokens, s.seed)
+        else:
+            seed = self._rng.getrandbits(64)
+        rng = req.rng = random.Random(seed)
+        if s.logprobs is not None:
+            req.lp_rng = random.Random(seed ^ _LOGPROB_SALT)
+        n = self._num_candidates
+        k = n if s.top_p >= 1.0 else max(1, math.ceil(s.top_p * n))
+        if s.top_k > 0:
+            k = min(k, s.top_k)
+        req.k = k
+        req.offset = rng.randrange(n) if k < n else 0
+
+    def prompt_logprobs(self, req: Request, k: int) -> list[TokenLogprobs | None]:
+        """The prompt's logprobs: a function of the prompt, as a model's."""
+        prompt = req.tokens[: req.prompt_len]
+        seed = _tokens_digest(prompt, _LOGPROB_SALT)
+        return logprobs.prompt_logprobs(prompt, k, self._vocab, seed)
+
+    def _window_token(self, req: Request, index: int) -> int:
+        """The token at ``index`` (modulo its size) of the request's candidate window."""
+        token = (req.offset + index % req.k) % self._num_candidates
+        for eos in self._eos_skip:
+            if token >= eos:
+                token += 1
+        return token
+
+    def _candidate(self, req: Request, index: int) -> int:
+        """The token at ``index`` of the request's candidate window, or the next one logit_bias does
+        not ban (all banned: the one drawn, as a -100 bias only lowers a logit)."""
+        first = -1
+        for j in range(min(req.k, len(req.banned) + 1)):
+            token = self._window_token(req, index + j)
+            if token not in req.banned:
+                return token
+            first = token if first < 0 else first
+        return first
+
+    def sample(self, req: Request) -> FinishReason | None:
+        """Append one output token; return a finish reason if it ends the request."""
+        s = req.sampling
+        rng = req.rng
+        assert rng is not None
+        can_stop = not s.ignore_eos and req.num_output >= s.min_tokens
+        eos_roll = rng.random() if self.cfg.eos_rate > 0.0 else 1.0
+        reason: FinishReason | None = None
+        eos = self._eos_id
+        if (
+            can_stop
+            and eos is not None
+            and eos not in req.banned
+            and req.forced is None
+            and eos_roll < self.cfg.eos_rate
+        ):
+            token, reason = eos, "stop"
+        else:
+            token = req.forced if req.forced is not None else self._candidate(req, int(rng.random() * req.k))
+            if can_stop and token in req.stop_ids:
+                reason = "stop"
+        self._append(req, token)
+        if reason is None and req.num_output >= s.max_tokens:
+            reason = "length"
+        return reason
+
+    def sample_structured(self, req: Request) -> FinishReason | None:
+        """``sample`` under a grammar: the token is one it allows; its end (EOS) stops the request,
+        even before min_tokens or with ignore_eos, since no other token is valid then."""
+        from dynamo_cli.engines.structured import StructuredError
+
+        s = req.sampling
+        sampler = req.sampler
+        assert sampler is not None and req.rng is not None
+        can_stop = not s.ignore_eos and req.num_output >= s.min_tokens
+        try:
+            token = sampler.next_token(
+                req.rng,
+                progress=req.num_output / s.max_tokens,
+                can_stop=can_stop,
+                banned=req.banned,
+                forced=req.forced,
+            )
+        except StructuredError as e:
+            req.error = f"structured output: {e}"
+            return "error"
+        reason: FinishReason | None = "stop" if sampler.finished else None
+        if token is None:  # the grammar ended and the model has no EOS token to say so
+            return reason
+        if can_stop and token in req.stop_ids:
+            reason = "stop"
+        self._append(req, token)
+        if reason is None and req.num_output >= s.max_tokens:
+            reason = "length"
+        return reason
+
+    def _append(self, req: Request, token: int) -> None:
+        req.tokens.append(token)
+        req.pending.append(token)
+        req.num_output += 1
+        if req.lp_rng is not None:
+            req.pending_lp.append(self._token_logprobs(req, token))
+
+    def _token_logprobs(self, req: Request, token: int) -> TokenLogprobs:
+        """Logprobs of a sampled token; the alternatives come from the tokens it was drawn among."""
+        rng, k = req.lp_rng, req.sampling.logprobs
+        assert rng is not None and k is not None
+        if req.sampler is not None:
+            allowed = req.sampler.allowed
+            count, at = len(allowed), lambda i: int(allowed[i])
+        else:
+            count, at = req.k, lambda i: self._window_token(req, i)
+        others, covers_all = logprobs.pick_alternatives(rng, token, k, count, at, req.banned)
+        return logprobs.sampled_logprobs(rng, token, k, others, covers_all)
