@@ -49,7 +49,7 @@ from benchmarks.loadgen import pct
 from benchmarks.workload import text
 from dynamo_cli.bench.http import Connection, Endpoint
 from dynamo_cli.deployment.handle import start
-from dynamo_cli.roles.prefill import MAX_IN_FLIGHT
+from dynamo_cli.disagg.prefill_side import MAX_IN_FLIGHT
 
 
 @dataclass

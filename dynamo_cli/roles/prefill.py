@@ -1,11 +1,6 @@
-"""The prefill role: pulls prefill work from the JetStream queue, computes the prompt's KV, and hands
-it to the decode worker that asked.
-
-With vLLM the engine keeps the KV and returns the NixlConnector's params (the decode engine pulls the
-blocks itself). With the mocker the worker stages the prompt's simulated KV bytes (layers x 2 x KV
-heads x head dim x dtype bytes per token, each block stamped with its hash) in a host arena the decode
-worker reads over NIXL, or over TCP without it. Work is acked only once its result is out: a prefill
-worker that dies mid-prefill leaves the work to be redelivered to another one.
+"""The prefill role: the process shell of a prefill worker. It builds the engine, the transfer agent
+(mocker) and the prefill queue's puller, serves them with ``disagg.prefill_side.PrefillServer`` (which
+pulls the work, prefills it and hands the KV over), announces itself in discovery, drains and closes.
 """
 
 from __future__ import annotations
@@ -15,24 +10,18 @@ import contextlib
 import logging
 import os
 import socket
-import time
 from typing import Any
 
 from dynamo_cli.config.models import DynamoConfig
-from dynamo_cli.disagg.remote import ARENA_WAIT_S, PREFILL, encode_peer, open_transfer, staged_block_hashes
+from dynamo_cli.disagg.prefill_side import PrefillServer
+from dynamo_cli.disagg.remote import PREFILL, encode_peer, open_transfer
 from dynamo_cli.engines import create_engine
 from dynamo_cli.engines.base import Engine
 from dynamo_cli.models.resolve import ResolvedModel, read_model_info
 from dynamo_cli.roles.base import Role
 from dynamo_cli.transport import prefill_queue as pq
-from dynamo_cli.transport import protocol
-from dynamo_cli.transport.wire import EngineOutput, EngineRequest, SamplingOptions
-from dynamo_cli.transport.workers import InstanceSet
 
 logger = logging.getLogger(__name__)
-
-MAX_IN_FLIGHT = 8  # prefills one worker takes from the queue at once (the engine batches them)
-HANDSHAKE_WAIT_S = 30.0  # how long a new prefill worker waits for the live decode workers' handshakes
 
 
 class PrefillRole(Role):
@@ -43,19 +32,12 @@ class PrefillRole(Role):
         self.index = index
         self.engine: Engine | None = None
         self.transfer: Any = None
-        self.kv_bytes_per_token = 0
+        self.server: PrefillServer | None = None
         self._puller: pq.Puller | None = None
-        self._staged: dict[str, Any] = {}  # request id -> staged KV region (mocker)
         self._tasks: list[asyncio.Task[None]] = []
-        self._work: set[asyncio.Task[None]] = set()
-        self._busy: set[str] = set()  # request ids being prefilled here
-        self._accepting = True
-        self._unsubscribe: Any = None
-        self._unsubscribe_acks: Any = None
 
     async def start(self) -> dict[str, Any]:
         info = read_model_info(self.model.path)
-        self.kv_bytes_per_token = info.kv_bytes_per_token
         self.engine = create_engine(self.cfg, info, self.model.path, instance_seed=1000 + self.index)
         await self.engine.start()
         await self.connect()
@@ -81,186 +63,40 @@ class PrefillRole(Role):
         if self.transfer is not None:
             record["transfer"] = encode_peer(self.transfer.metadata())
             record["transfer_backend"] = self.transfer.backend
-        self._unsubscribe = await self.plane.subscribe(
-            pq.release_subject(self.cfg.namespace, iid), self._on_release
+        self.server = PrefillServer(
+            self.cfg,
+            self.plane,
+            self.discovery,
+            self.engine,
+            self.transfer,
+            self._puller,
+            kv_bytes_per_token=info.kv_bytes_per_token,
         )
-        peer = self.engine.kv_peer()
-        acks: set[int] = set()
-        acked = asyncio.Event()
-
-        async def on_ack(data: bytes) -> None:
-            with contextlib.suppress(ValueError):
-                acks.add(int(data.decode(), 16))
-                acked.set()
-
-        if peer is not None:  # decode engines handshake with this one before it takes work
-            record["kv_peer"] = peer
-            self._unsubscribe_acks = await self.plane.subscribe(
-                pq.handshake_subject(self.cfg.namespace, iid), on_ack
-            )
+        record.update(await self.server.listen())
         # Announce first: a decode worker looks this worker's transfer metadata up as soon as it
         # hears of a prefill done here.
         await self.discovery.register(PREFILL, record)
-        if peer is not None:
-            await self._await_handshakes(acks, acked)
-        self._tasks = [
-            asyncio.create_task(self._pull(), name="prefill-pull"),
-            asyncio.create_task(self.fail_when_dead(self.engine), name="engine-health"),
-        ]
+        await self.server.start()
+        self._tasks = [asyncio.create_task(self.fail_when_dead(self.engine), name="engine-health")]
         return {"instance": f"{iid:x}", "transfer": record.get("transfer_backend")}
-
-    async def _await_handshakes(self, acks: set[int], acked: asyncio.Event) -> None:
-        """Take no work before every live decode worker has handshaken with this engine (work is a
-        shared queue: any decode worker's request may come here). A decode worker that has not within
-        HANDSHAKE_WAIT_S is not waited for: it sends no remote work before it has."""
-        assert self.discovery is not None
-        decodes = InstanceSet()
-        decodes.reset(await self.discovery.watch(protocol.WORKER, decodes.on_event))
-        deadline = time.monotonic() + HANDSHAKE_WAIT_S
-        while not acks.issuperset(decodes.ids()) and time.monotonic() < deadline:
-            acked.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(acked.wait(), 0.2)
-        missing = [f"{i:x}" for i in decodes.ids() if i not in acks]
-        if missing:
-            logger.warning(
-                "decode worker(s) %s did not handshake within %g s; pulling prefill work anyway",
-                ", ".join(missing), HANDSHAKE_WAIT_S,
-            )  # fmt: skip
-        else:
-            logger.info("handshaken by %d decode worker(s); pulling prefill work", len(acks))
-
-    # ---- work ---------------------------------------------------------------------------------------
-    async def _pull(self) -> None:
-        assert self._puller is not None
-        slots = asyncio.Semaphore(MAX_IN_FLIGHT)
-        while self._accepting:
-            await slots.acquire()
-            try:
-                msg = await self._puller.next(wait_s=0.5)
-            except Exception as e:  # NATS hiccup: keep pulling
-                logger.warning("pulling prefill work failed: %s", e)
-                msg = None
-                await asyncio.sleep(0.5)
-            if msg is None:
-                slots.release()
-                continue
-            task = asyncio.create_task(self._handle(msg))
-            self._work.add(task)
-            task.add_done_callback(self._work.discard)
-            task.add_done_callback(lambda _t: slots.release())
-
-    async def _handle(self, msg: Any) -> None:
-        assert self.engine is not None and self.plane is not None and self.discovery is not None
-        try:
-            work = pq.PrefillWork.decode(msg.data)
-        except Exception:  # not ours to retry
-            logger.error("dropping a prefill work item that cannot be read")
-            await msg.term()
-            return
-        if time.time() > work.deadline:  # its decode worker gave up and prefilled locally
-            await msg.ack()
-            return
-        if work.request_id in self._busy:  # redelivered while we still work on it: that copy acks
-            return
-        self._busy.add(work.request_id)
-        t0 = time.perf_counter()
-        alive = asyncio.create_task(self._keep_claimed(msg))
-        try:
-            result = await self._prefill(work)
-        except Exception as e:  # tell the decode worker at once rather than time out
-            logger.exception("prefill of %s failed", work.request_id)
-            result = {"ok": False, "error": str(e)}
-        finally:
-            alive.cancel()
-            self._busy.discard(work.request_id)
-        result["peer"] = self.discovery.instance_id
-        result["prefill_s"] = round(time.perf_counter() - t0, 6)
-        await self.plane.publish(work.reply, pq.encode_done(work.request_id, result))
-        await msg.ack()  # after the result is out: dying before this means redelivery
-
-    async def _keep_claimed(self, msg: Any) -> None:
-        """A prefill longer than the redelivery time must not be handed to another worker meanwhile."""
-        while True:
-            await asyncio.sleep(self.cfg.disagg.redelivery_s / 3)
-            with contextlib.suppress(Exception):
-                await msg.in_progress()
-
-    async def _prefill(self, work: pq.PrefillWork) -> dict[str, Any]:
-        assert self.engine is not None
-        request = EngineRequest(
-            f"{work.request_id}-prefill",
-            work.token_ids,
-            SamplingOptions(max_tokens=1, temperature=work.temperature, seed=work.seed),
-            kv_transfer_params={"do_remote_decode": True},
-        )
-        last: EngineOutput | None = None
-        async for out in self.engine.generate(request):
-            last = out
-        if last is None or last.error or last.kv_transfer_params is None:
-            return {"ok": False, "error": (last.error if last else None) or "the engine kept no KV"}
-        params = last.kv_transfer_params
-        if self.transfer is None:  # vLLM: the decode engine pulls the blocks (and counts them)
-            return {"ok": True, "kv": params}
-        end = int(params["remote_tokens"])
-        # What the decode worker lacks, from a block boundary (it may have cached less since it asked).
-        bs = self.engine.block_size
-        skip = min(work.skip_tokens // bs * bs, end // bs * bs)
-        desc = await self._stage(work, skip, end)
-        return {"ok": True, "kv": params, "desc": desc, "skip_tokens": skip, "kv_tokens": end - skip}
-
-    async def _stage(self, work: pq.PrefillWork, skip: int, end: int) -> dict[str, Any]:
-        """Mocker: put the KV bytes of tokens [skip, end) where the decode worker can read them."""
-        from dynamo_cli.kv.transfer import stamp_blocks, when_room
-
-        assert self.engine is not None
-        bs = self.engine.block_size
-        nbytes = max(1, (end - skip) * self.kv_bytes_per_token)
-        staged = await when_room(lambda: self.transfer.stage(nbytes), ARENA_WAIT_S)
-        hashes = staged_block_hashes(work.token_ids, skip, end, bs)
-        stamp_blocks(staged.view, hashes, bs * self.kv_bytes_per_token)
-        old = self._staged.pop(work.request_id, None)
-        if old is not None:
-            old.release()
-        self._staged[work.request_id] = staged
-        # If the decode worker never says it is done (it died, or gave up), free the region anyway.
-        asyncio.get_running_loop().call_later(
-            self.cfg.disagg.prefill_timeout_s, self._release, work.request_id, staged
-        )
-        descriptor: dict[str, Any] = staged.descriptor
-        return descriptor
-
-    def _release(self, request_id: str, staged: Any = None) -> None:
-        current = self._staged.get(request_id)
-        if current is not None and (staged is None or current is staged):
-            del self._staged[request_id]
-            current.release()
-
-    async def _on_release(self, data: bytes) -> None:
-        self._release(data.decode())
 
     # ---- stopping -----------------------------------------------------------------------------------
     async def drain(self) -> None:
-        self._accepting = False
+        if self.server is not None:
+            self.server.stop_accepting()
         if self.discovery is not None:
             await self.discovery.deregister(PREFILL)
-        if self._work:
-            logger.info("finishing %d prefill(s)", len(self._work))
-            await asyncio.wait(set(self._work), timeout=self.cfg.supervisor.stop_timeout_s)
+        if self.server is not None:
+            await self.server.drain()
 
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for unsubscribe in (self._unsubscribe, self._unsubscribe_acks):
-            if unsubscribe is not None:
-                with contextlib.suppress(Exception):
-                    await unsubscribe()
+        if self.server is not None:
+            await self.server.close()
         if self._puller is not None:
             await self._puller.close()
-        for staged in self._staged.values():
-            staged.release()
-        self._staged.clear()
         if self.transfer is not None:
             with contextlib.suppress(Exception):
                 await self.transfer.close()

@@ -55,14 +55,13 @@ def test_killed_worker_fails_its_requests_and_others_carry_on(tmp_path: Path) ->
             futures = [pool.submit(stream_one, i) for i in range(6)]
             wait_for(lambda: started[0] == 6, 30, "all six streams to start")
             os.kill(victim, signal.SIGKILL)
-            killed = time.monotonic()
             results = [f.result(timeout=90) for f in futures]
         errors = [r for r in results if r.startswith("error")]
         oks = [r for r in results if r.startswith("ok")]
         # Round-robin put three on each worker: the victim's three fail clearly, the others finish.
         assert len(errors) == 3 and len(oks) == 3, results
+        # The frontend ended them (the client's own 60 s timeout would read "Request timed out."):
         assert all("failed mid-request" in e for e in errors), errors
-        assert time.monotonic() - killed < 60
         # New requests keep working right away (the dead instance is skipped or retried elsewhere).
         for _ in range(6):
             r = client.chat.completions.create(model=dep.model, messages=MESSAGES, max_tokens=3)  # type: ignore[arg-type]
@@ -92,12 +91,12 @@ def test_ctrl_c_drains_and_leaves_no_process(tmp_path: Path) -> None:
             )  # type: ignore[arg-type]
         )
         time.sleep(0.5)
-        t0 = time.monotonic()
         code = dep.stop(signal.SIGINT)
         r = fut.result(timeout=30)
     assert code == 130
     assert r.usage is not None and r.usage.completion_tokens == 150
-    assert time.monotonic() - t0 < 30
+    # Every role stopped by itself once drained: none had to be killed at supervisor.stop_timeout_s.
+    assert "did not stop in" not in dep.log_text()
     assert [p for p in pids if process_alive(p)] == []
     assert "Stopped." in dep.log_text()
 

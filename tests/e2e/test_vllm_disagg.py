@@ -12,7 +12,6 @@ import importlib.util
 import os
 import random
 import signal
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -31,7 +30,6 @@ pytestmark = [
 # recomputes the last prompt token: float32 leaves a real difference in the KV as the only cause.
 FLOAT32 = ("--set", 'vllm.extra_args={"dtype": "float32"}')
 MAX_TOKENS = 8
-REQUEST_BOUND_S = 30.0  # generous: a request takes well under 1 s here; a KV lease is 15 s
 INVALID = "Potentially invalid KV blocks"  # vLLM's word for a pull of KV past its lease
 
 
@@ -49,25 +47,27 @@ def _prompts(n: int = 50) -> list[str]:
     ]
 
 
-def _complete(dep: Deployment, prompt: str) -> tuple[str, float]:
-    """The greedy text (of a random model: compared for equality only, never read) and how long the
-    request took."""
-    client = openai.OpenAI(base_url=dep.base_url, api_key="x", max_retries=0, timeout=120)
-    t0 = time.monotonic()
-    resp = client.completions.create(
-        model=dep.model, prompt=prompt, max_tokens=MAX_TOKENS, temperature=0, extra_body={"ignore_eos": True}
-    )
+def _complete(dep: Deployment, prompt: str) -> str:
+    """The greedy text (of a random model: compared for equality only, never read)."""
+    with openai.OpenAI(base_url=dep.base_url, api_key="x", max_retries=0, timeout=120) as client:
+        resp = client.completions.create(
+            model=dep.model,
+            prompt=prompt,
+            max_tokens=MAX_TOKENS,
+            temperature=0,
+            extra_body={"ignore_eos": True},
+        )
     assert resp.usage is not None and resp.usage.completion_tokens == MAX_TOKENS
-    return resp.choices[0].text, time.monotonic() - t0
+    return resp.choices[0].text
 
 
-def _run_sequence(dep: Deployment, prompts: list[str]) -> tuple[list[str], list[float]]:
+def _run_sequence(dep: Deployment, prompts: list[str]) -> list[str]:
     """The first 20 one after another, the rest five at a time."""
-    out: list[tuple[str, float]] = [_complete(dep, p) for p in prompts[:20]]
+    out = [_complete(dep, p) for p in prompts[:20]]
     with ThreadPoolExecutor(5) as pool:
         for i in range(20, len(prompts), 5):
             out += list(pool.map(lambda p: _complete(dep, p), prompts[i : i + 5]))
-    return [t for t, _ in out], [s for _, s in out]
+    return out
 
 
 def _descendants(pid: int) -> list[int]:
@@ -107,7 +107,7 @@ def agg_tokens(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> li
     agg = start(tmp_path_factory.mktemp("vllm-agg"), "agg", "--engine", "vllm", "--model", str(tiny_model),
                 "--workers", "1", "--set", "router.replicas=0", *FLOAT32, timeout=300)  # fmt: skip
     try:
-        return _run_sequence(agg, _prompts())[0]
+        return _run_sequence(agg, _prompts())
     finally:
         agg.stop()
 
@@ -118,7 +118,7 @@ def test_fifty_long_prompts_decode_as_an_aggregated_run_does(
 ) -> None:
     dep = _disagg(tmp_path, tiny_model)
     try:
-        got, took = _run_sequence(dep, _prompts())
+        got = _run_sequence(dep, _prompts())
         decisions = _decisions(dep)
     finally:
         dep.stop()
@@ -126,11 +126,12 @@ def test_fifty_long_prompts_decode_as_an_aggregated_run_does(
     assert INVALID not in log
     mismatched = [i for i, (a, b) in enumerate(zip(got, agg_tokens, strict=True)) if a != b]
     assert not mismatched, f"requests {mismatched} decoded other tokens than the aggregated run"
+    # No request waited for its prefill until disagg.prefill_timeout_s, or for KV past its lease: either
+    # would be a fallback (or INVALID above). How long requests take is benchmarks.disagg's to report.
     assert not [k for k in decisions if k[0] == "fallback"], decisions
     remote = decisions.get(("remote", "long_uncached"), 0)
     assert remote >= 20, decisions  # the first time each document is seen, at least
     assert sum(decisions.values()) == len(got)
-    assert max(took) < REQUEST_BOUND_S, took
 
 
 @pytest.mark.timeout(600)
@@ -144,7 +145,7 @@ def test_a_decode_engine_stalled_past_the_lease_prefills_locally(
     )
     prompts = _prompts()[:3]
     try:
-        got = [_complete(dep, p)[0] for p in prompts]
+        got = [_complete(dep, p) for p in prompts]
         decisions = _decisions(dep)
     finally:
         dep.stop()
@@ -162,14 +163,14 @@ def test_a_restarted_prefill_worker_is_handshaken_before_it_gets_work(
     dep = _disagg(tmp_path, tiny_model)
     prompts = _prompts()
     try:
-        before = [_complete(dep, p)[0] for p in prompts[:3]]
+        before = [_complete(dep, p) for p in prompts[:3]]
         old = dep.pid("prefill-0")
         engine = _descendants(old)  # vLLM's engine core and worker
         assert len(engine) >= 2
         os.kill(old, signal.SIGKILL)  # the launcher starts a new one: a new engine
         wait_for(lambda: not any(process_alive(p) for p in engine), 30, "the old engine's processes to exit")
         wait_for(lambda: dep.log_text().count("pulling prefill work") >= 2, 180, "the new prefill worker")
-        after = [_complete(dep, p)[0] for p in prompts[3:8]]
+        after = [_complete(dep, p) for p in prompts[3:8]]
         decisions = _decisions(dep)
     finally:
         dep.stop()
@@ -193,13 +194,16 @@ def test_smollm2_answers_as_an_aggregated_run_does(tmp_path: Path) -> None:
     chats = [f"Document:\n{docs[i % 2]}\nQuestion {i}: {text(rng, 12)}?" for i in range(6)]
 
     def answers(dep: Deployment) -> list[str]:
-        client = openai.OpenAI(base_url=dep.base_url, api_key="x", max_retries=0, timeout=300)
         out = []
-        for chat in chats:
-            resp = client.chat.completions.create(
-                model=dep.model, messages=[{"role": "user", "content": chat}], max_tokens=16, temperature=0
-            )
-            out.append(resp.choices[0].message.content or "")
+        with openai.OpenAI(base_url=dep.base_url, api_key="x", max_retries=0, timeout=300) as client:
+            for chat in chats:
+                resp = client.chat.completions.create(
+                    model=dep.model,
+                    messages=[{"role": "user", "content": chat}],
+                    max_tokens=16,
+                    temperature=0,
+                )
+                out.append(resp.choices[0].message.content or "")
         return out
 
     agg = start(tmp_path, "agg", "--engine", "vllm", "--workers", "1", "--set", "router.replicas=0",

@@ -163,10 +163,11 @@ async def test_vanished_peer_fails_fast() -> None:
         first.release()
         await a.close()
         for _ in range(2):  # the pooled connection, then a fresh connect
-            t0 = time.monotonic()
-            with pytest.raises(TransferError, match="prefill-0"):
+            with pytest.raises(TransferError, match="prefill-0") as err:
                 await b.fetch(peer, staged.descriptor, timeout=5)
-            assert time.monotonic() - t0 < 2.5  # the timeout is 5 s
+            # The closed connection or the refused connect ended it, not the 5 s timeout:
+            assert isinstance(err.value.__cause__, ConnectionError), repr(err.value.__cause__)
+            assert "timed out" not in str(err.value)
         assert b.free_bytes == b.arena_bytes
     finally:
         await b.close()
@@ -180,9 +181,9 @@ async def test_silent_peer_times_out(pair: tuple[KvTransferAgent, KvTransferAgen
         silent.listen()
         peer = {**a.metadata(), "port": silent.getsockname()[1]}
         t0 = time.monotonic()
-        with pytest.raises(TransferError, match="timed out"):
+        with pytest.raises(TransferError, match=r"timed out after 0\.3 s"):  # its own timeout
             await b.fetch(peer, staged.descriptor, timeout=0.3)
-        assert time.monotonic() - t0 < 3  # not a hang
+        assert time.monotonic() - t0 >= 0.3  # waited out
         assert b.free_bytes == b.arena_bytes
         task = asyncio.create_task(b.fetch(peer, staged.descriptor, timeout=5))
         await asyncio.sleep(0.05)

@@ -163,10 +163,10 @@ async def test_killed_peer_fails_fast(backend: str) -> None:
         await fetch_and_check(agent, stager, 300, desc, digest)
         stager.kill()
         for _ in range(2):
-            t0 = time.monotonic()
-            with pytest.raises(TransferError):
+            with pytest.raises(TransferError) as err:
                 await agent.fetch(stager.metadata, desc, timeout=5)
-            assert time.monotonic() - t0 < 2.5  # the timeout is 5 s
+            # The dead peer was seen as gone (disconnect, refusal), not waited out until the 5 s timeout:
+            assert "timed out" not in str(err.value), err.value
         assert agent.free_bytes == agent.arena_bytes
         await agent.close()
     finally:

@@ -114,10 +114,9 @@ async def test_unanswered_request_times_out(planes, namespace: str) -> None:
     await server.nc.flush()
     t0 = time.monotonic()
     stream = await client.request(f"{namespace}.mute", b"", accept_timeout=0.5, idle_timeout=5)
-    with pytest.raises(RequestTimeoutError, match="did not accept") as err:
+    with pytest.raises(RequestTimeoutError, match="did not accept"):  # the accept timeout's error
         await _collect(stream)
-    assert time.monotonic() - t0 >= 0.4  # it waited the accept timeout out
-    assert "silent" not in str(err.value)  # the accept timeout ended it, not the (longer) idle one
+    assert time.monotonic() - t0 >= 0.4  # and it was waited out
     await sub.unsubscribe()
 
 
