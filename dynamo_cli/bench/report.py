@@ -208,3 +208,15 @@ def compare_rows(summaries: dict[str, dict[str, Any]]) -> list[list[str]]:
             row.append(" ".join("n/a" if not base or v is None else f"{v / base:.2f}x" for v in vals[1:]))
         rows.append(row)
     return rows
+
+
+def compare_table(summaries: dict[str, dict[str, Any]]) -> Any:
+    """A rich table of several runs' summaries side by side (the first is the reference)."""
+    from rich.table import Table
+
+    table = Table(title="multi-round QA, the same workload on each profile")
+    for col in ["", *summaries, *(["vs first"] if len(summaries) > 1 else [])]:
+        table.add_column(col, justify="left" if not col else "right")
+    for row in compare_rows(summaries):
+        table.add_row(*row)
+    return table

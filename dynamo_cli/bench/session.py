@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shlex
 import tempfile
 import time
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rich.console import Group
 from rich.live import Live
@@ -18,7 +20,7 @@ from rich.table import Table
 
 from dynamo_cli.bench.http import REQUEST_TIMEOUT_S, HttpError
 from dynamo_cli.bench.multi_round import LoadResult, LoadSpec, MultiRoundLoad, Record, served_model
-from dynamo_cli.bench.report import pct, summarize, summary_block
+from dynamo_cli.bench.report import pct, plot, summarize, summary_block, write_csv
 from dynamo_cli.bench.workload import Workload, load_sharegpt
 from dynamo_cli.console import err_console
 from dynamo_cli.errors import RuntimeFailure, StartupError, UsageError
@@ -230,3 +232,33 @@ def deployment(
                     dep.stop()
                 except Exception:  # stopping must not hide the benchmark's result
                     dep.kill()
+
+
+def measure(
+    load: LoadOptions,
+    url: str,
+    model: str | None,
+    api_key: str | None,
+    log_interval: float,
+    json_out: bool,
+    output: Path | None,
+    plot_path: Path | None,
+    label: str,
+) -> dict[str, Any]:
+    """Run the workload against ``url``; write the CSV and PNG asked for; return the summary."""
+    live = not json_out and err_console().is_terminal
+    result = run_load(
+        load,
+        url,
+        model,
+        api_key=api_key or os.environ.get("OPENAI_API_KEY"),
+        live=live,
+        log_interval=log_interval,
+        label=label,
+    )
+    summary = summarize(result)
+    if output is not None:
+        write_csv(result.records, output)
+    if plot_path is not None:
+        plot(result.records, plot_path, title=f"multi-round QA: {label}")
+    return summary

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
-from dynamo_cli.bench.report import compare_rows, plot, summarize, summary_block, write_csv
-from dynamo_cli.bench.session import LoadOptions, deployment, run_load
+from dynamo_cli.bench.report import compare_table, summary_block
+from dynamo_cli.bench.session import LoadOptions, deployment, measure
 from dynamo_cli.commands import options as o
-from dynamo_cli.console import emit_json, err_console
+from dynamo_cli.console import emit_json, out_console
 from dynamo_cli.errors import UsageError
 
 app = typer.Typer(help="Benchmark a deployment (production-stack's multi-round QA).", no_args_is_help=True)
@@ -140,12 +139,10 @@ def multi_round_qa(
                 "--engine and --set configure a deployment that --profile starts.",
                 "Add --profile agg, or leave them out to measure --base-url.",
             )
-        summary = _measure(
-            load, base_url, model, api_key, log_interval, json_out, output, plot_path, base_url
-        )
+        summary = measure(load, base_url, model, api_key, log_interval, json_out, output, plot_path, base_url)
     else:
         with deployment(profile, _run_flags(engine, sets, model)) as (url, served, label):
-            summary = _measure(load, url, served, api_key, log_interval, json_out, output, plot_path, label)
+            summary = measure(load, url, served, api_key, log_interval, json_out, output, plot_path, label)
     if json_out:
         emit_json(summary)
     else:
@@ -189,51 +186,13 @@ def compare(
             stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", spec).strip("_") or "run"
             out, plot_to = output_dir / f"{stem}.csv", output_dir / f"{stem}.png"
         with deployment(spec, _run_flags(engine, sets, model)) as (url, served, label):
-            summaries[spec] = _measure(load, url, served, None, log_interval, json_out, out, plot_to, label)
+            summaries[spec] = measure(load, url, served, None, log_interval, json_out, out, plot_to, label)
         if out is not None:
             out.with_suffix(".txt").write_text(summary_block(summaries[spec]) + "\n")
     if json_out:
         emit_json({"runs": summaries})
         return
-    from rich.table import Table
-
-    table = Table(title="multi-round QA, the same workload on each profile")
-    for col in ["", *profiles, *(["vs first"] if len(profiles) > 1 else [])]:
-        table.add_column(col, justify="left" if not col else "right")
-    for row in compare_rows(summaries):
-        table.add_row(*row)
-    from dynamo_cli.console import out_console
-
-    out_console().print(table)
-
-
-def _measure(
-    load: LoadOptions,
-    url: str,
-    model: str | None,
-    api_key: str | None,
-    log_interval: float,
-    json_out: bool,
-    output: Path | None,
-    plot_path: Path | None,
-    label: str,
-) -> dict[str, Any]:
-    live = not json_out and err_console().is_terminal
-    result = run_load(
-        load,
-        url,
-        model,
-        api_key=api_key or os.environ.get("OPENAI_API_KEY"),
-        live=live,
-        log_interval=log_interval,
-        label=label,
-    )
-    summary = summarize(result)
-    if output is not None:
-        write_csv(result.records, output)
-    if plot_path is not None:
-        plot(result.records, plot_path, title=f"multi-round QA: {label}")
-    return summary
+    out_console().print(compare_table(summaries))
 
 
 def _run_flags(engine: str | None, sets: list[str] | None, model: str | None) -> list[str]:

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
 from dynamo_cli.commands import options as o
-
-if TYPE_CHECKING:
-    from dynamo_cli.doctor.checks import Report
 
 HELP = f"""Check in seconds whether this machine can run a profile, and say what to do if not.
 
@@ -37,8 +34,6 @@ Examples:
 {o.PRECEDENCE_HELP}
 """
 
-_STYLE = {"PASS": "bold green", "WARN": "bold yellow", "FAIL": "bold red", "INFO": "dim"}
-
 
 def doctor(
     profile: Annotated[
@@ -55,6 +50,7 @@ def doctor(
     from dynamo_cli.config.loader import load_config
     from dynamo_cli.console import emit_json
     from dynamo_cli.doctor import diagnose
+    from dynamo_cli.doctor.render import render
 
     flags = o.profile_flags(model=model, engine=engine, port=port, gpus=gpus, prefill_gpus=prefill_gpus)
     cfg = load_config(profile, sets=sets, flags=flags)
@@ -62,35 +58,5 @@ def doctor(
     if json_output:
         emit_json({"profile": profile, **report.as_dict()})
     else:
-        _render(profile, report)
+        render(profile, report)
     return 0 if report.ok else 1
-
-
-def _render(profile: str, report: Report) -> None:
-    from rich import box
-    from rich.markup import escape
-    from rich.table import Table
-
-    from dynamo_cli.console import out_console
-
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    table.add_column("status", no_wrap=True)
-    table.add_column("check", no_wrap=True)
-    table.add_column("detail", overflow="fold")
-    for r in report.results:
-        detail = escape(r.detail)
-        if r.fix and r.status != "PASS":
-            detail += f"\n[dim]{'hint' if r.status == 'INFO' else 'fix'}: {escape(r.fix)}[/]"
-        table.add_row(f"[{_STYLE[r.status]}]{r.status}[/]", r.name, detail)
-    con = out_console()
-    con.print(table)
-    n = report.counts()
-    verdict = (
-        f"[bold green]this machine can run {escape(profile)}[/]"
-        if report.ok
-        else f"[bold red]this machine cannot run {escape(profile)}[/]: fix the FAIL rows"
-    )
-    con.print(
-        f"{n['PASS']} passed, {n['WARN']} warning(s), {n['FAIL']} failed, {n['INFO']} info "
-        f"in {report.elapsed_s:.2f} s: {verdict}"
-    )
