@@ -134,6 +134,8 @@ def tok(model_dir: Path) -> ModelTokenizer:
 def _unit_tier_stays_in_process(monkeypatch: pytest.MonkeyPatch) -> None:
     """Unit tests open no network socket and start no process: those belong in tests/integration.
     (Local socket pairs, which every asyncio event loop makes, are allowed.)"""
+    import multiprocessing.process
+    import os
     import socket
     import subprocess
 
@@ -149,3 +151,5 @@ def _unit_tier_stays_in_process(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(socket.socket, "__init__", guarded_init)
     monkeypatch.setattr(subprocess.Popen, "__init__", no_process)
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", no_process)
+    monkeypatch.setattr(os, "fork", no_process)
