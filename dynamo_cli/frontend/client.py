@@ -51,6 +51,7 @@ class WorkerClient:
         self.plane = plane
         self.cfg = cfg
         self.fcfg = cfg.frontend
+        self._guessed_block_size = kv_block_size(cfg)  # until a worker advertises its own
         self.workers = workers
         self.service = service  # embedded router (router.replicas: 0)
         self.routers = routers
@@ -103,7 +104,7 @@ class WorkerClient:
             inst = self.workers.get(iid)
             if inst is not None and inst.data.get("block_size"):
                 return int(inst.data["block_size"])
-        return kv_block_size(self.cfg)
+        return self._guessed_block_size
 
     async def _tell_routers(self, request_id: str, kind: int) -> None:
         if self._tracks_load:
