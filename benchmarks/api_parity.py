@@ -8,7 +8,8 @@ tools (tool_choice auto: the tool-call parser reads every delta, the tools are r
 prompt), and with logprobs (top_logprobs 5). Variants run in interleaved rounds on one deployment:
 first at saturation (closed loop, each at its own pace), then all at one request rate (--load times
 the slowest one's pace), the figure: per-request CPU depends on the pace, as wake-ups batch more when
-the frontend is busier.
+the frontend is busier. --pin gives the frontend a CPU of its own: its figures then do not include
+time lost to the worker, NATS and the client preempting it on a shared CPU.
 
 json: SmolLM2 on vLLM (CPU). Structured generation (json_schema) against free text of the same length
 (EOS ignored), on our stack and on vLLM's own OpenAI server, one after the other with the same client.
@@ -28,7 +29,7 @@ from typing import Any
 import httpx
 import orjson
 
-from benchmarks.loadgen import cpu_seconds, run_load
+from benchmarks.loadgen import cpu_seconds, pin_apart, run_load
 from benchmarks.workload import chat, free_engine_deployment
 
 WEATHER = {
@@ -77,6 +78,8 @@ def _frontend(args: argparse.Namespace) -> None:
         dep = free_engine_deployment(Path(tmp), 1)
         try:
             frontend = dep.ready["processes"]["frontend"]
+            if args.pin:
+                pin_apart(frontend)
 
             def messages(i: int, system: str | None) -> list[dict[str, str]]:
                 msgs = chat(i, args.prompt_words)
@@ -250,6 +253,9 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument(
         "--load", type=float, default=0.6, help="equal-load rounds: this share of the slowest variant's pace"
+    )
+    ap.add_argument(
+        "--pin", action="store_true", help="frontend alone on CPU 0, everything else on the other CPUs"
     )
     ap.add_argument("--logprob-scaling", action="store_true", help="also top_logprobs 0 and 20")
     args = ap.parse_args()

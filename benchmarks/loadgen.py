@@ -108,6 +108,33 @@ async def run_load(
     return result
 
 
+def pin_apart(pid: int) -> None:
+    """Pin ``pid`` (every thread) to CPU 0 and this process and all its other descendants to the other
+    CPUs, so that the process measured competes with no other for its CPU. Needs 2 CPUs or more."""
+    import os
+
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit("--pin needs at least 2 CPUs")
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parents[int(entry)] = int(f.read().rsplit(") ", 1)[1].split()[1])
+            except OSError:
+                continue
+    tree, frontier = {os.getpid()}, [os.getpid()]
+    while frontier:
+        parent = frontier.pop()
+        kids = [child for child, ppid in parents.items() if ppid == parent]
+        tree.update(kids)
+        frontier.extend(kids)
+    for proc in tree:
+        for tid in os.listdir(f"/proc/{proc}/task"):
+            os.sched_setaffinity(int(tid), {cpus[0]} if proc == pid else set(cpus[1:]))
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
