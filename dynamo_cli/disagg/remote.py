@@ -37,6 +37,7 @@ PREFILL = "prefill"  # the discovery component of prefill workers
 # chosen or needed but did not happen).
 LOCAL, REMOTE, FALLBACK = "local", "remote", "fallback"
 START_HANDSHAKES_S = 20.0  # how long a starting decode worker waits for its first handshakes
+HANDSHAKE_RETRY_S = 0.5  # first wait after a failed handshake; doubles up to 10 s
 ARENA_WAIT_S = 2.0  # how long a stage or a fetch waits for room in a worker's transfer arena
 
 
@@ -189,7 +190,7 @@ class RemotePrefill:
     async def _handshake(self, iid: int, peer: dict[str, Any]) -> None:
         """Handshake with a prefill worker's engine until it works or the worker leaves, then tell it
         (it takes no work before every live decode worker has)."""
-        delay = 0.5
+        delay = HANDSHAKE_RETRY_S
         try:
             while self.prefills.get(iid) is not None:
                 try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 
 from dynamo_cli.config.checks import disagg_findings
 from dynamo_cli.config.loader import load_config
+from dynamo_cli.disagg import remote
 from dynamo_cli.disagg.remote import CachedPrefixes, RemotePrefill, decode_peer, encode_peer
 from dynamo_cli.kv.hashing import sequence_block_hashes
 from dynamo_cli.transport.discovery import DiscoveryEvent, Instance
@@ -98,7 +100,20 @@ def test_no_prefill_worker_is_a_counted_fallback() -> None:
     assert _decide(_remote(ON, prefill_workers=0), _req(500))[:2] == ("fallback", "no_prefill_worker")
 
 
-def test_remote_prefill_waits_for_a_handshake_with_every_live_prefill_engine() -> None:
+async def until(cond: Callable[[], object], steps: int = 1000) -> None:
+    """Yield to the loop until cond() holds; fail the test if it never does."""
+    for _ in range(steps):
+        if cond():
+            return
+        await asyncio.sleep(0)
+    pytest.fail(f"still not true after {steps} turns of the loop")
+
+
+def test_remote_prefill_waits_for_a_handshake_with_every_live_prefill_engine(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(remote, "HANDSHAKE_RETRY_S", 0)  # retry at once, not after half a second
+
     class Engine:
         block_size = BS
 
@@ -132,10 +147,10 @@ def test_remote_prefill_waits_for_a_handshake_with_every_live_prefill_engine() -
         peer = {"engine_id": "e-1", "host": "127.0.0.1", "port": 12345, "tp_size": 1}
         rp._on_prefill(DiscoveryEvent("put", Instance("prefill", 200, {"kv_peer": peer})))
         assert (await rp.decide(_req(500))).reason == "handshake"  # not with 200 yet: local
-        await asyncio.sleep(0.7)  # the first attempt failed; the retry waits on the engine
+        await until(lambda: len(engine.handshakes) == 2)  # the first attempt failed; the retry waits
         assert len(engine.handshakes) == 2 and (await rp.decide(_req(500))).reason == "handshake"
         engine.go.set()
-        await asyncio.sleep(0.05)
+        await until(lambda: plane.published)  # the handshake went through and 200 was told
         assert (await rp.decide(_req(500))).outcome == "remote"
         assert plane.published == [("dyn.dynamo.prefill.handshake.c8", b"7")]  # told 200 (c8) it may pull
         rp._on_prefill(DiscoveryEvent("delete", Instance("prefill", 200, {"kv_peer": peer})))

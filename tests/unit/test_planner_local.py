@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -138,22 +139,33 @@ def test_groups_get_a_slot_per_worker_they_may_ever_have(monkeypatch: pytest.Mon
 
 # ---- the local connector ------------------------------------------------------------------------------
 class FakeSupervisor:
-    """Starts and stops nothing; records what the connector asked, in order."""
+    """Starts and stops nothing; records what the connector asked, in order. A gated one holds each
+    start until the test opens the gate."""
 
-    def __init__(self, fail: set[str] | None = None, start_s: float = 0.0):
+    def __init__(self, fail: set[str] | None = None, gated: bool = False):
         self.calls: list[str] = []
         self.fail = fail or set()
-        self.start_s = start_s
+        self.gate = asyncio.Event() if gated else None
 
     async def add(self, spec: ProcessSpec, timeout: float) -> Child:
         self.calls.append(f"add {spec.name}")
-        await asyncio.sleep(self.start_s)
+        if self.gate is not None:
+            await self.gate.wait()
         if spec.name in self.fail:
             raise StartupError(f"{spec.name} exited during start-up")
         return Child(spec, "cyan")
 
     async def remove(self, child: Child) -> None:
         self.calls.append(f"remove {child.spec.name}")
+
+
+async def until(cond: Callable[[], object], steps: int = 1000) -> None:
+    """Yield to the loop until cond() holds; fail the test if it never does."""
+    for _ in range(steps):
+        if cond():
+            return
+        await asyncio.sleep(0)
+    pytest.fail(f"still not true after {steps} turns of the loop")
 
 
 def _connector(tmp_path: Path, sup: FakeSupervisor, *, initial: int = 1) -> LocalConnector:
@@ -197,11 +209,13 @@ def test_a_worker_that_cannot_start_lowers_the_target(tmp_path: Path) -> None:
 
 def test_asked_down_while_starting(tmp_path: Path) -> None:
     async def go() -> tuple[list[str], list[int]]:
-        sup = FakeSupervisor(start_s=0.05)
+        sup = FakeSupervisor(gated=True)
         c = _connector(tmp_path, sup)
         await c.scale("workers", 3, "load")
-        await asyncio.sleep(0.01)  # worker-1 is starting
+        await until(lambda: "add worker-1" in sup.calls)  # worker-1 is starting
         await c.scale("workers", 1, "quiet")
+        assert sup.gate is not None
+        sup.gate.set()
         await c.settle()
         return sup.calls, sorted(c.running["workers"])
 
