@@ -55,3 +55,7 @@ class RemoteError(RequestError):
     def __init__(self, message: str, code: str = "internal") -> None:
         super().__init__(message)
         self.code = code
+
+
+class WorkerDiedError(RequestError):
+    """The instance serving the request is known to have died (its launcher saw it exit)."""

@@ -62,8 +62,9 @@ class FrontendConfig(_Model):
     stream_idle_timeout_s: float = Field(
         5.0, gt=0, description="A worker silent this long (no token, no keepalive) is treated as dead."
     )
-    max_retries: int = Field(
-        2, ge=0, le=10, description="Other workers tried when one cannot take a request."
+    max_retries: int = Field(2, ge=0, le=10, description="Workers tried anew before a request's first token.")
+    migration_limit: int = Field(
+        3, ge=0, le=10, description="Times a started request may move to another worker (0: never)."
     )
     fast_tokenizer: bool = Field(
         True,
@@ -87,12 +88,10 @@ class FrontendConfig(_Model):
     max_stop_chars: int = Field(1024, ge=1, description="Longest stop string, in characters.")
     max_logit_bias: int = Field(1024, ge=0, description="Most entries in one request's logit_bias map.")
     max_tools: int = Field(128, ge=0, description="Most tools in one chat request.")
-    max_schema_kb: int = Field(
-        1024,
-        ge=1,
-        description="Largest tools array or response_format schema, in KiB of JSON.",
+    max_schema_kb: int = Field(1024, ge=1, description="Largest tools array or response_format schema (KiB).")
+    max_restarts: int = Field(
+        5, ge=0, description="Restarts of a dead frontend in supervisor.restart_window_s before all stop."
     )
-    max_restarts: int = Field(5, ge=0, description="Restarts of a dead frontend before the deployment stops.")
     tool_call_parser: Literal["auto", "hermes", "llama3_json", "mistral", "pythonic", "qwen3_coder"] = Field(
         "auto",
         description="How the model's text becomes tool_calls with tool_choice auto. auto: from the chat "
@@ -122,7 +121,9 @@ class RouterConfig(_Model):
         "its own decisions (approximate mode, with a warning).",
     )
     approx_ttl_s: float = Field(120.0, gt=0, description="Approximate mode: how long a routed prefix counts.")
-    max_restarts: int = Field(5, ge=0, description="Restarts of a dead router before the deployment stops.")
+    max_restarts: int = Field(
+        5, ge=0, description="Restarts of a dead router in supervisor.restart_window_s before all stop."
+    )
 
 
 # Worker groups, named as in the profile: `workers` (aggregated or decode) and `prefill_workers`.
@@ -140,7 +141,9 @@ class WorkerGroupConfig(_Model):
         description="GPUs per worker; with gpus set, the group has len(gpus) / tensor_parallel_size "
         "workers and count is not used.",
     )
-    max_restarts: int = Field(3, ge=0, description="Restarts of a dead worker before the launcher gives up.")
+    max_restarts: int = Field(
+        3, ge=0, description="Restarts of a dead worker in supervisor.restart_window_s before all stop."
+    )
 
     @field_validator("gpus")
     @classmethod
@@ -344,12 +347,8 @@ class PlannerConfig(_Model):
 class SupervisorConfig(_Model):
     ready_timeout_s: float = Field(300.0, gt=0, description="Longest a role may take to become ready.")
     stop_timeout_s: float = Field(20.0, gt=0, description="Graceful stop per role before it is killed.")
-    infra_max_restarts: int = Field(
-        5,
-        ge=0,
-        description="Restarts of an etcd or NATS that `dynamo run` spawned (same port, same data) before "
-        "the deployment stops.",
-    )
+    infra_max_restarts: int = Field(5, ge=0, description="Restarts of a spawned etcd or NATS in the window.")
+    restart_window_s: float = Field(60.0, gt=0, description="Each max_restarts counts deaths this long ago.")
 
 
 class DynamoConfig(_Model):

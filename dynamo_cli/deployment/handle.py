@@ -52,6 +52,15 @@ class Deployment:
     def pid(self, name: str) -> int:
         return int(self.ready["processes"][name])
 
+    def current_pid(self, name: str) -> int | None:
+        """The pid of process ``name`` now: the last one the launcher reported (restarts included)."""
+        for event in reversed(list(self.events)):
+            pid = event.get("processes", {}).get(name)
+            if pid:
+                return int(pid)
+        pid = self.ready["processes"].get(name)
+        return int(pid) if pid else None
+
     def all_pids(self) -> list[int]:
         """Every process the launcher reported, including workers the planner started later."""
         pids = {int(p) for p in self.ready["processes"].values()}

@@ -19,6 +19,7 @@ import yaml
 from dynamo_cli.config.checks import disagg_findings
 from dynamo_cli.config.models import DynamoConfig
 from dynamo_cli.console import Sink
+from dynamo_cli.deployment.deaths import DeathNotices
 from dynamo_cli.deployment.scaling import WorkerGroup, role_argv, worker_groups
 from dynamo_cli.deployment.servers import ServerPlan, etcd_version, nats_info, plan_etcd, plan_nats
 from dynamo_cli.deployment.supervisor import ProcessSpec, Supervisor
@@ -90,6 +91,7 @@ class Launcher:
         self.workdir = Path(tempfile.mkdtemp(prefix="dynamo-run-"))
         self.url: str | None = None
         self.planner: LocalPlanner | None = None
+        self.deaths = DeathNotices(cfg.namespace)
 
     async def _start(self, t0: float) -> None:
         cfg, out = self.cfg, self.out
@@ -112,6 +114,10 @@ class Launcher:
         )
         resolved = cfg.model_copy(deep=True)
         resolved.infra.etcd, resolved.infra.nats = plans[0].url, plans[1].url
+        await self.deaths.connect(plans[1].url)
+        self.sup.on_death = self.deaths
+        if out.json_output:
+            self.sup.on_restart = lambda c: out.event("restarted", {"processes": {c.spec.name: c.pid}})
         resolved.model, resolved.served_model_name = str(model.path), model.name
         config_path = self.workdir / "config.yaml"
         config_path.write_text(yaml.safe_dump(resolved.model_dump(mode="json"), sort_keys=False))
@@ -189,6 +195,7 @@ class Launcher:
             if shutdown.requested.is_set():
                 self.out.say("Stopping (Ctrl-C again to force)...")
             await self.sup.stop_all()
+            await self.deaths.close()
             shutil.rmtree(self.workdir, ignore_errors=True)
         self.out.say("Stopped.")
         return 130 if shutdown.signal == signal.SIGINT else 0

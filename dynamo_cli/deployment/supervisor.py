@@ -42,7 +42,7 @@ class ProcessSpec:
     env: dict[str, str] = field(default_factory=dict)
     # Readiness: roles report on a pipe; servers are probed (a cheap sync check run every 20 ms).
     probe: Callable[[], bool] | None = None
-    max_restarts: int = 0  # > 0: restart on unexpected exit, up to this many times
+    max_restarts: int = 0  # > 0: restart on unexpected exit, up to this many times a restart window
     shim: bool = False  # exec through the PDEATHSIG shim (for binaries that are not ours)
     # Which log lines to show (all are kept for the post-mortem); None shows everything.
     show: Callable[[str], bool] | None = None
@@ -55,6 +55,7 @@ class Child:
     proc: asyncio.subprocess.Process | None = None
     lines: deque[str] = field(default_factory=lambda: deque(maxlen=30))
     restarts: int = 0
+    restarted_at: deque[float] = field(default_factory=deque)  # monotonic times, within the window
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     ready_info: dict[str, Any] = field(default_factory=dict)
     stopping: bool = False
@@ -73,10 +74,12 @@ class Supervisor:
         self.out = out
         self.stop_timeout = cfg.stop_timeout_s
         self.ready_timeout = cfg.ready_timeout_s  # also for a restarted child
+        self.restart_window_s = cfg.restart_window_s
         self.children: list[Child] = []
         self.fatal: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._stopping = False
         self.on_restart: Callable[[Child], None] | None = None
+        self.on_death: Callable[[Child, str], None] | None = None  # a ready child died: what, why
 
     # ---- spawning ---------------------------------------------------------------------------------
     async def start(self, spec: ProcessSpec, timeout: float) -> Child:
@@ -207,17 +210,25 @@ class Supervisor:
         code = await child.proc.wait()
         if child.stopping or self._stopping:
             return
+        status = f"signal {signal.Signals(-code).name}" if code < 0 else f"status {code}"
+        if child.ready.is_set() and self.on_death is not None:
+            self.on_death(child, status)  # first: the frontend moves its streams before anything else
         await asyncio.sleep(0.05)  # let the pump print the last lines first
         name = child.spec.name
         if not child.ready.is_set():
             return  # start-up failures are reported by _wait_ready
-        status = f"signal {signal.Signals(-code).name}" if code < 0 else f"status {code}"
         self.out.say(f"[bold red]{name} exited unexpectedly with {status}[/]. Last lines:", highlight=False)
         self.out.say(Text(child.last_lines()), highlight=False)
-        if child.restarts < child.spec.max_restarts:
+        now, recent = time.monotonic(), child.restarted_at
+        while recent and now - recent[0] > self.restart_window_s:
+            recent.popleft()
+        if len(recent) < child.spec.max_restarts:
             child.restarts += 1
+            recent.append(now)
             self.out.say(
-                f"[yellow]restarting {name} ({child.restarts}/{child.spec.max_restarts})[/]", highlight=False
+                f"[yellow]restarting {name} ({len(recent)}/{child.spec.max_restarts} in "
+                f"{self.restart_window_s:g} s)[/]",
+                highlight=False,
             )
             try:
                 await self._spawn(child)
@@ -229,7 +240,7 @@ class Supervisor:
                     self.fatal.set_result(f"{name} could not be restarted: {e.message}")
             return
         if not self.fatal.done():
-            more = f" after {child.restarts} restarts" if child.restarts else ""
+            more = f" after {len(recent)} restarts in {self.restart_window_s:g} s" if recent else ""
             self.fatal.set_result(f"{name} exited with {status}{more}")
 
     # ---- waiting and stopping ---------------------------------------------------------------------

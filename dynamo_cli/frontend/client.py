@@ -1,27 +1,36 @@
 """The frontend's path to workers: pick one (through a router role or embedded), send, stream back.
 
 A request that could not start on a worker (it is gone, refused, or did not answer) is retried on
-another one, as long as nothing has been sent to the HTTP client yet. A worker that dies mid-stream
-ends that request with an error; later requests avoid it.
+another one (``frontend.max_retries``). A request whose worker dies, goes silent, or stops it after
+tokens have come back migrates (``frontend.migration_limit``): another worker gets the prompt plus
+the tokens so far, prefers one holding that prefix, and the client sees one uninterrupted stream.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import msgpack
 
 from dynamo_cli.config.models import DynamoConfig
 from dynamo_cli.engines import kv_block_size
-from dynamo_cli.errors import NoRespondersError, RemoteError, RequestError, RequestTimeoutError
+from dynamo_cli.errors import (
+    NoRespondersError,
+    RemoteError,
+    RequestError,
+    RequestTimeoutError,
+    WorkerDiedError,
+)
 from dynamo_cli.kv.hashing import sequence_block_hashes
 from dynamo_cli.routing.policies import NoWorkersError
 from dynamo_cli.routing.service import RoutingService
 from dynamo_cli.transport import protocol
 from dynamo_cli.transport.messaging import RequestPlane
+from dynamo_cli.transport.response_stream import ResponseStream
 from dynamo_cli.transport.wire import EngineOutput, EngineRequest
 from dynamo_cli.transport.workers import InstanceSet
 
@@ -61,6 +70,9 @@ class WorkerClient:
         self._tracks_load = cfg.router.mode in ("kv", "least-loaded")
         self._lifecycle = protocol.lifecycle_subject(cfg.namespace)
         self.on_retry: Callable[[], None] | None = None
+        self.on_migration: Callable[[str], None] | None = None  # a request moves: why
+        self.on_migrated: Callable[[str], None] | None = None  # a migrated request: finished or failed
+        self._live: dict[int, set[ResponseStream]] = {}  # streams open on each worker
 
     async def _route(
         self, model: str, request: EngineRequest, routing_id: str, hashes: list[int], exclude: list[int]
@@ -110,54 +122,185 @@ class WorkerClient:
         if self._tracks_load:
             await self.plane.publish(self._lifecycle, msgpack.packb((request_id, kind)))
 
+    def worker_died(self, instance_id: int, why: str) -> None:
+        """A worker is known dead (its launcher saw it exit): its streams move at once, without
+        waiting for the idle timeout, and no request is routed to it until discovery drops it."""
+        self.workers.suspect(instance_id, self._suspect_s)
+        for stream in list(self._live.get(instance_id, ())):
+            stream.fail(WorkerDiedError(f"worker {instance_id:x} died ({why})"))
+
     async def generate(self, model: str, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
-        payload = protocol.encode_generate(request)
-        decode = protocol.decode_output
-        hashes = sequence_block_hashes(request.prompt_token_ids, self._block_size()) if self._hashes else []
+        """Stream ``request``'s outputs from a worker. Before any token has come back, a worker that
+        cannot take the request is replaced (``max_retries``); after, the request migrates
+        (``migration_limit``): another worker continues it from the prompt and the tokens so far, and
+        the caller sees one stream."""
+        current, payload = request, protocol.encode_generate(request)
+        hashes = self._prompt_hashes(current)
+        sent: list[int] = []  # token ids passed on, over every attempt
         exclude: list[int] = []
-        for attempt_no in range(self.fcfg.max_retries + 1):
+        retries = migrations = 0
+        for attempt_no in itertools.count():
             # Each attempt is its own routed request, so a retry never mixes up two workers' load.
             routing_id = request.request_id if attempt_no == 0 else f"{request.request_id}#{attempt_no}"
-            attempt = await self._route(model, request, routing_id, hashes, exclude)
-            produced = False
-            finished = False
-            stream = await self.plane.request(
-                attempt.subject,
-                payload,
-                accept_timeout=self.fcfg.first_response_timeout_s,
-                idle_timeout=self.fcfg.stream_idle_timeout_s,
-            )
             try:
-                async for chunk in stream:
-                    out = decode(chunk)
-                    if not produced and out.token_ids:
-                        await self._tell_routers(routing_id, protocol.FIRST_TOKEN)
-                    produced = produced or bool(out.token_ids)
-                    if out.finish_reason is not None:
-                        finished = True
-                    yield out
-                    if finished:
-                        return
-                finished = True
-                return
-            except (NoRespondersError, RequestTimeoutError, RemoteError) as e:
-                finished = True  # the remote side is gone or refused; nothing to cancel
-                retryable = isinstance(e, (NoRespondersError, RequestTimeoutError)) or (
-                    isinstance(e, RemoteError) and e.code == "unavailable"
-                )
-                if isinstance(e, (NoRespondersError, RequestTimeoutError)):
+                attempt = await self._route(model, current, routing_id, hashes, exclude)
+            except NoWorkersError as e:
+                if not sent:
+                    raise
+                self._migrated(migrations, "failed")
+                raise WorkerFailure(f"no worker is left to continue the request ({e})") from e
+            try:
+                async with contextlib.aclosing(
+                    self._attempt(attempt, payload, routing_id, migrations)
+                ) as outs:
+                    async for out in outs:
+                        sent += out.token_ids
+                        if out.finish_reason is not None:
+                            self._migrated(migrations, "finished")  # before the yield: the caller stops
+                        yield out
+                        if out.finish_reason is not None:
+                            return
+                raise _Moved("stream_ended", "the worker ended the stream without finishing it")
+            except RequestError as e:
+                reason = _movable(e)
+                if reason is None:
+                    self._migrated(migrations, "failed")
+                    raise WorkerFailure(f"worker {attempt.instance_id:x} failed the request: {e}") from e
+                if reason in ("no_responders", "idle_timeout", "worker_died"):
                     self.workers.suspect(attempt.instance_id, self._suspect_s)
-                if produced or not retryable:
-                    raise WorkerFailure(f"worker {attempt.instance_id:x} failed mid-request: {e}") from e
-                logger.warning(
-                    "worker %x could not take request %s (%s); trying another (%d/%d)",
-                    attempt.instance_id, request.request_id, e, attempt_no + 1, self.fcfg.max_retries,
-                )  # fmt: skip
                 exclude.append(attempt.instance_id)
-                if self.on_retry is not None:
-                    self.on_retry()
-            finally:
-                if not finished:
-                    await stream.cancel()
-                await self._tell_routers(routing_id, protocol.COMPLETE)
-        raise NoWorkersError(f"no worker could take the request after {self.fcfg.max_retries + 1} attempts")
+                if not sent:
+                    if retries >= self.fcfg.max_retries:
+                        raise NoWorkersError(
+                            f"no worker could take the request after {retries + 1} attempts ({e})"
+                        ) from e
+                    retries += 1
+                    logger.warning(
+                        "worker %x could not take request %s (%s); trying another (%d/%d)",
+                        attempt.instance_id, request.request_id, e, retries, self.fcfg.max_retries,
+                    )  # fmt: skip
+                    if self.on_retry is not None:
+                        self.on_retry()
+                    continue
+                moved = _continuation(request, sent, migrations + 1)
+                if moved is None:  # every token was sent; only the finish was lost
+                    self._migrated(migrations, "finished")
+                    yield EngineOutput([], finish_reason="length")
+                    return
+                refusal = self._cannot_migrate(request, migrations)
+                if refusal is not None:
+                    self._migrated(migrations, "failed")
+                    raise WorkerFailure(
+                        f"worker {attempt.instance_id:x} failed mid-request ({e}); {refusal}"
+                    ) from e
+                migrations += 1
+                logger.warning(
+                    "worker %x lost request %s after %d tokens (%s); migrating (%d/%d)",
+                    attempt.instance_id, request.request_id, len(sent), e, migrations,
+                    self.fcfg.migration_limit,
+                )  # fmt: skip
+                if self.on_migration is not None:
+                    self.on_migration(reason)
+                current = moved
+                payload, hashes = protocol.encode_generate(current), self._prompt_hashes(current)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _attempt(
+        self, attempt: Attempt, payload: bytes, routing_id: str, migrated: int
+    ) -> AsyncGenerator[EngineOutput, None]:
+        """One worker's outputs for one attempt. Ends at the output that finishes the request; raises
+        RequestError when the worker fails, goes silent, dies or stops the request (``_Moved``)."""
+        decode = protocol.decode_output
+        stream = await self.plane.request(
+            attempt.subject,
+            payload,
+            accept_timeout=self.fcfg.first_response_timeout_s,
+            idle_timeout=self.fcfg.stream_idle_timeout_s,
+        )
+        live = self._live.setdefault(attempt.instance_id, set())
+        live.add(stream)
+        finished = produced = False
+        try:
+            async for chunk in stream:
+                out = decode(chunk)
+                aborted = out.finish_reason == "abort"
+                if aborted:  # the worker stopped it (draining): its tokens stand, the rest moves
+                    out.finish_reason = None
+                if migrated:  # the first worker's answers stand: prompt logprobs, cache hits
+                    out.cached_tokens, out.prompt_logprobs = None, None
+                if not produced and out.token_ids:
+                    produced = True
+                    await self._tell_routers(routing_id, protocol.FIRST_TOKEN)
+                finished = aborted or out.finish_reason is not None
+                if out.token_ids or not aborted:
+                    yield out
+                if aborted:
+                    raise _Moved("aborted", "the worker stopped the request (draining?)")
+                if finished:
+                    return
+            finished = True
+        except RequestError:
+            finished = True  # the remote side is gone or refused; nothing to cancel
+            raise
+        finally:
+            live.discard(stream)
+            if not live:
+                self._live.pop(attempt.instance_id, None)
+            if not finished:
+                await stream.cancel()
+            await self._tell_routers(routing_id, protocol.COMPLETE)
+
+    def _migrated(self, migrations: int, outcome: str) -> None:
+        """Count how a request that migrated ended (nothing for one that never did)."""
+        if migrations and self.on_migrated is not None:
+            self.on_migrated(outcome)
+
+    def _prompt_hashes(self, request: EngineRequest) -> list[int]:
+        if not self._hashes:
+            return []
+        return sequence_block_hashes(request.prompt_token_ids, self._block_size())
+
+    def _cannot_migrate(self, request: EngineRequest, migrations: int) -> str | None:
+        """Why a started request cannot move to another worker, if it cannot."""
+        if migrations >= self.fcfg.migration_limit:
+            limit = self.fcfg.migration_limit
+            return f"it was migrated {migrations} times (frontend.migration_limit: {limit})"
+        if request.sampling.structured is not None:
+            return "a structured-output request cannot continue on another worker (its grammar state is lost)"
+        return None
+
+
+class _Moved(RequestError):
+    """A worker's stream ended without finishing its request; ``reason`` labels the migration."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def _movable(e: RequestError) -> str | None:
+    """The migration reason for a failed stream, or None when another worker would fail it too."""
+    if isinstance(e, _Moved):
+        return e.reason
+    if isinstance(e, WorkerDiedError):
+        return "worker_died"
+    if isinstance(e, NoRespondersError):
+        return "no_responders"
+    if isinstance(e, RequestTimeoutError):
+        return "idle_timeout"
+    if isinstance(e, RemoteError) and e.code in ("unavailable", "lease_lost"):
+        return e.code
+    if type(e) is RequestError:  # the request could not be sent (the connection to NATS failed)
+        return "send_failed"
+    return None
+
+
+def _continuation(request: EngineRequest, sent: list[int], n: int) -> EngineRequest | None:
+    """``request`` re-sent with its output so far appended to the prompt, for the tokens still due;
+    None when none are."""
+    s = request.sampling
+    left = s.max_tokens - len(sent)
+    if left <= 0:
+        return None
+    sampling = replace(s, max_tokens=left, min_tokens=max(0, s.min_tokens - len(sent)), prompt_logprobs=None)
+    return EngineRequest(f"{request.request_id}-m{n}", request.prompt_token_ids + sent, sampling)

@@ -66,6 +66,19 @@ class FrontendMetrics:
             ["model"],
             registry=r,
         ).labels(model)
+        self.migrations = Counter(
+            "dynamo_frontend_migrations",
+            "Started requests moved to another worker, by reason (worker_died, no_responders, "
+            "idle_timeout, unavailable, lease_lost, aborted, stream_ended, send_failed)",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.migrated = Counter(
+            "dynamo_frontend_migrated_requests",
+            "Requests that migrated at least once, by outcome (finished or failed)",
+            ["model", "outcome"],
+            registry=r,
+        )
         self.workers = Gauge(
             "dynamo_frontend_workers", "Workers serving the model", ["model"], registry=r
         ).labels(model)
@@ -146,6 +159,12 @@ class FrontendMetrics:
             self.remote_prefill_seconds.observe(report["remote_s"])
         if report.get("prefill_s") is not None:
             self.prefill_engine_seconds.observe(report["prefill_s"])
+
+    def count_migration(self, reason: str) -> None:
+        self.migrations.labels(self._model, reason).inc()
+
+    def count_migrated(self, outcome: str) -> None:
+        self.migrated.labels(self._model, outcome).inc()
 
     def count(self, endpoint: str, status: int) -> None:
         self.requests.labels(self._model, endpoint, str(status)).inc()

@@ -80,6 +80,9 @@ class Role(abc.ABC):
             await self.plane.close()
 
 
+CLOSE_MARGIN_S = 3.0  # of a role's stop timeout, kept for closing after the drain
+
+
 async def serve_role(role: Role, stop_timeout: float) -> int:
     """The role process's whole life. Returns its exit code."""
     die_with_parent()
@@ -107,10 +110,13 @@ async def serve_role(role: Role, stop_timeout: float) -> int:
     for w in (stop, lost):
         if w is not None:
             w.cancel()
+    # The launcher kills a role stop_timeout after asking it to stop: the drain ends earlier, so that
+    # closing can still hand what is left back (a worker's unfinished requests migrate).
+    drain_s = stop_timeout - min(CLOSE_MARGIN_S, stop_timeout / 4)
     try:
-        await asyncio.wait_for(role.drain(), stop_timeout)
+        await asyncio.wait_for(role.drain(), drain_s)
     except asyncio.TimeoutError:
-        logger.warning("%s: in-flight work did not finish in %g s", role.name, stop_timeout)
+        logger.warning("%s: in-flight work did not finish in %g s", role.name, drain_s)
     try:
         await asyncio.wait_for(role.close(), 5)
     except asyncio.TimeoutError:

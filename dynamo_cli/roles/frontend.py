@@ -105,6 +105,20 @@ class FrontendRole(Role):
         await self.plane.subscribe(protocol.planner_subject(self.cfg.namespace), on_decision)
         client = WorkerClient(self.plane, self.cfg, workers, service=self.service, routers=routers)
         client.on_retry = metrics.retries.inc
+        client.on_migration = metrics.count_migration
+        client.on_migrated = metrics.count_migrated
+
+        async def on_death(data: bytes) -> None:
+            notice = protocol.decode_death(data)
+            for iid in workers.ids():
+                inst = workers.get(iid)
+                if inst is not None and (inst.data.get("host"), inst.data.get("pid")) == (
+                    notice["host"],
+                    notice["pid"],
+                ):
+                    client.worker_died(iid, f"{notice['name']} exited with {notice['why']}")
+
+        await self.plane.subscribe(protocol.deaths_subject(self.cfg.namespace), on_death)
         limits = RequestLimits.build(fcfg, tokenizer.context_length, tokenizer.longest_token)
         self._pool = ThreadPoolExecutor(PREPROCESS_THREADS, thread_name_prefix="preprocess")
         self._parser = BodyParser(limits)

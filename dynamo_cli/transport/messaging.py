@@ -198,6 +198,12 @@ class _NatsEndpoint(Endpoint):
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         self._subs.clear()
+        if self._tasks:  # unfinished: the caller hears at once and can move them (frontends migrate)
+            frame = error_frame("the instance stopped before finishing the request", "unavailable")
+            with contextlib.suppress(Exception):
+                for reply in list(self._tasks):
+                    await self._plane._nc.publish(reply, frame)
+                await self._plane._nc.flush(timeout=1)
         for task in list(self._tasks.values()):
             task.cancel()
         if self._tasks:

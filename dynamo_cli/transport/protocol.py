@@ -162,3 +162,16 @@ def encode_decision(group: str, current: int, target: int, reason: str) -> bytes
 
 def decode_decision(data: bytes) -> dict[str, Any]:
     return unpack(data)
+
+
+def deaths_subject(namespace: str) -> str:
+    """Where a launcher says that a process it started died (it is the parent: it knows at once)."""
+    return f"dyn.{namespace}.process.died"
+
+
+def encode_death(host: str, pid: int, name: str, why: str) -> bytes:
+    return _pack({"host": host, "pid": pid, "name": name, "why": why})
+
+
+def decode_death(data: bytes) -> dict[str, Any]:
+    return unpack(data)

@@ -35,6 +35,10 @@ class ResponseStream(abc.ABC):
     @abc.abstractmethod
     async def cancel(self) -> None: ...
 
+    @abc.abstractmethod
+    def fail(self, exc: BaseException) -> None:
+        """End the iteration with ``exc`` (raised to the reader after what it has not read yet)."""
+
 
 def error_frame(message: str, code: str) -> bytes:
     return ERR + orjson.dumps({"message": message, "code": code})

@@ -17,63 +17,101 @@ import openai
 import pytest
 
 from dynamo_cli.deployment.handle import DYNAMO, process_alive, start
-from tests.e2e.helpers import child_pids, wait_for
+from tests.e2e.helpers import child_pids, scrape, wait_for
 
 pytestmark = pytest.mark.e2e
 
 MESSAGES = [{"role": "user", "content": "Write a long story."}]
 
 
-def test_killed_worker_fails_its_requests_and_others_carry_on(tmp_path: Path) -> None:
-    # speedup 1: 600 tokens take seconds, so requests are mid-stream when the worker dies.
+def _stream_text(client: openai.OpenAI, model: str, i: int, started: list[int] | None = None) -> str:
+    """One greedy streamed chat of 300 tokens: its text, or its error."""
+    chunks = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": f"Write a long story, number {i}."}],
+        max_tokens=300,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"ignore_eos": True},  # type: ignore[arg-type]
+    )
+    parts: list[str] = []
+    try:
+        for c in chunks:
+            if c.choices and c.choices[0].delta.content:
+                if not parts and started is not None:
+                    started[0] += 1
+                parts.append(c.choices[0].delta.content)
+            if c.choices and c.choices[0].finish_reason:
+                assert c.choices[0].finish_reason == "length", c.choices[0].finish_reason
+            if c.usage is not None:
+                assert c.usage.completion_tokens == 300 and c.usage.prompt_tokens < 40, c.usage
+    except openai.APIError as e:
+        return f"error: {e.message}"
+    return "".join(parts)
+
+
+def test_a_killed_workers_streams_migrate_and_continue_exactly(tmp_path: Path) -> None:
+    # speedup 1: 300 tokens take seconds, so requests are mid-stream when the worker dies.
     dep = start(tmp_path, "agg", "--engine", "mocker", "--workers", "2", "--speedup", "1")
     try:
         client = openai.OpenAI(base_url=dep.base_url, api_key="x", max_retries=0, timeout=60)
+        with ThreadPoolExecutor(6) as pool:
+            undisturbed = list(pool.map(lambda i: _stream_text(client, dep.model, i), range(6)))
+        assert not any(t.startswith("error") for t in undisturbed), undisturbed
         started = [0]
-
-        def stream_one(_: int) -> str:
-            chunks = client.chat.completions.create(
-                model=dep.model,
-                messages=MESSAGES,
-                max_tokens=600,
-                stream=True,
-                extra_body={"ignore_eos": True},  # type: ignore[arg-type]
-            )
-            n = 0
-            try:
-                for c in chunks:
-                    if c.choices and c.choices[0].delta.content:
-                        n += 1
-                        if n == 1:
-                            started[0] += 1
-            except openai.APIError as e:
-                return f"error: {e.message}"
-            return f"ok {n}"
-
         victim = dep.pid("worker-0")
         with ThreadPoolExecutor(6) as pool:
-            futures = [pool.submit(stream_one, i) for i in range(6)]
+            futures = [pool.submit(_stream_text, client, dep.model, i, started) for i in range(6)]
             wait_for(lambda: started[0] == 6, 30, "all six streams to start")
             os.kill(victim, signal.SIGKILL)
             results = [f.result(timeout=90) for f in futures]
-        errors = [r for r in results if r.startswith("error")]
-        oks = [r for r in results if r.startswith("ok")]
-        # Round-robin put three on each worker: the victim's three fail clearly, the others finish.
-        assert len(errors) == 3 and len(oks) == 3, results
-        # The frontend ended them (the client's own 60 s timeout would read "Request timed out."):
-        assert all("failed mid-request" in e for e in errors), errors
-        # New requests keep working right away (the dead instance is skipped or retried elsewhere).
-        for _ in range(6):
-            r = client.chat.completions.create(model=dep.model, messages=MESSAGES, max_tokens=3)  # type: ignore[arg-type]
-            assert r.choices[0].finish_reason == "length"
+        # Every stream finished, token for token as the undisturbed run: the victim's moved to the
+        # other worker, which continued them from the prompt and the tokens already streamed.
+        assert results == undisturbed
+        metrics = scrape(dep.url + "/metrics")
+        moved = sum(v for k, v in metrics.items() if k.startswith("dynamo_frontend_migrations_total"))
+        assert moved == 3, {k: v for k, v in metrics.items() if "migrat" in k}
+        # The launcher told the frontend at once: no stream waited for the idle timeout.
+        assert metrics[f'dynamo_frontend_migrations_total{{model="{dep.model}",reason="worker_died"}}'] == 3
+        assert (
+            metrics[f'dynamo_frontend_migrated_requests_total{{model="{dep.model}",outcome="finished"}}'] == 3
+        )
         # The launcher names the dead worker and restarts it.
-        wait_for(lambda: "restarting worker-0 (1/3)" in dep.log_text(), 20, "the restart notice")
+        wait_for(lambda: "restarting worker-0 (1/3 in 60 s)" in dep.log_text(), 20, "the restart notice")
         assert "worker-0 exited unexpectedly with signal SIGKILL" in dep.log_text()
         wait_for(
             lambda: httpx.get(dep.url + "/health", timeout=5).json().get("workers") == 2,
             30,
             "two workers again",
         )
+    finally:
+        code = dep.stop()
+    assert code == 130
+
+
+def test_without_migration_a_killed_workers_streams_end_with_an_error(tmp_path: Path) -> None:
+    dep = start(
+        tmp_path, "agg", "--engine", "mocker", "--workers", "2", "--speedup", "1",
+        "--set", "frontend.migration_limit=0",
+    )  # fmt: skip
+    try:
+        client = openai.OpenAI(base_url=dep.base_url, api_key="x", max_retries=0, timeout=60)
+        started = [0]
+        victim = dep.pid("worker-0")
+        with ThreadPoolExecutor(6) as pool:
+            futures = [pool.submit(_stream_text, client, dep.model, i, started) for i in range(6)]
+            wait_for(lambda: started[0] == 6, 30, "all six streams to start")
+            os.kill(victim, signal.SIGKILL)
+            results = [f.result(timeout=90) for f in futures]
+        errors = [r for r in results if r.startswith("error")]
+        # Round-robin put three on each worker: the victim's three fail clearly, the others finish.
+        assert len(errors) == 3, results
+        assert all("failed mid-request" in e and "migration_limit: 0" in e for e in errors), errors
+        # New requests keep working right away (the dead instance is skipped or retried elsewhere).
+        for _ in range(6):
+            r = client.chat.completions.create(model=dep.model, messages=MESSAGES, max_tokens=3)  # type: ignore[arg-type]
+            assert r.choices[0].finish_reason == "length"
     finally:
         code = dep.stop()
     assert code == 130
@@ -164,7 +202,9 @@ def test_killed_frontend_and_router_come_back_under_load(tmp_path: Path) -> None
             assert old is not None
             served = len(results)
             os.kill(old, signal.SIGKILL)
-            wait_for(lambda n=name: f"restarting {n} (1/5)" in dep.log_text(), 20, f"{name}'s restart")
+            wait_for(
+                lambda n=name: f"restarting {n} (1/5 in 60 s)" in dep.log_text(), 20, f"{name}'s restart"
+            )
             wait_for(lambda: _serving(dep), 60, f"the deployment to serve again after {name} died")
             assert dep.proc.poll() is None, "the launcher exited"
             new = _role_pid(dep, name)
@@ -197,13 +237,15 @@ def test_a_killed_etcd_and_nats_are_started_again(tmp_path: Path) -> None:
     try:
         for name in ("etcd", "nats"):
             os.kill(dep.pid(name), signal.SIGKILL)
-            wait_for(lambda n=name: f"restarting {n} (1/5)" in dep.log_text(), 20, f"{name}'s restart")
+            wait_for(
+                lambda n=name: f"restarting {n} (1/5 in 60 s)" in dep.log_text(), 20, f"{name}'s restart"
+            )
             wait_for(lambda: _serving(dep), 60, f"the deployment to serve again after {name} died")
             assert dep.proc.poll() is None
         # Discovery still works after etcd came back: the dead worker's lease runs out and its
         # successor is seen (a watch that did not resume would keep routing to the dead one).
         os.kill(dep.pid("worker-0"), signal.SIGKILL)
-        wait_for(lambda: "restarting worker-0 (1/3)" in dep.log_text(), 20, "the worker's restart")
+        wait_for(lambda: "restarting worker-0 (1/3 in 60 s)" in dep.log_text(), 20, "the worker's restart")
         time.sleep(3 + 2)  # the dead worker's lease (3 s) expires
         wait_for(lambda: _serving(dep), 30, "the restarted worker to serve")
         assert all(_serving(dep) for _ in range(5))

@@ -168,7 +168,7 @@ def test_a_dead_engine_takes_its_worker_down_and_the_launcher_restarts_it(tiny: 
     assert engine_procs, "vLLM's engine core runs in a child process of the worker (VLLM::EngineCore)"
     os.kill(engine_procs[0], signal.SIGKILL)
     deadline = time.monotonic() + 60
-    while "restarting worker-0 (1/3)" not in tiny.log_text():
+    while "restarting worker-0 (1/3 in 60 s)" not in tiny.log_text():
         assert time.monotonic() < deadline, "the worker did not exit after its engine died"
         time.sleep(0.2)
     assert "the vLLM engine died" in tiny.log_text() or "worker-0 exited unexpectedly" in tiny.log_text()
@@ -186,3 +186,51 @@ def test_a_dead_engine_takes_its_worker_down_and_the_launcher_restarts_it(tiny: 
         model=tiny.model, prompt="again", max_tokens=4, extra_body={"ignore_eos": True}
     )
     assert r.usage is not None and r.usage.completion_tokens == 4
+
+
+def test_a_killed_vllm_workers_streams_migrate_and_finish(tmp_path: Path) -> None:
+    """Two vLLM workers, six greedy streams (three on each, round-robin), one worker SIGKILLed mid-way:
+    every stream finishes with all its tokens; the victim's continued on the other worker."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dynamo_cli.models.tiny import build_tiny_llama
+
+    model = build_tiny_llama(tmp_path / "tiny-llama")
+    (tmp_path / "run").mkdir()
+    dep = start(tmp_path / "run", "agg", "--engine", "vllm", "--model", str(model), "--workers", "2",
+                "--set", "vllm.max_model_len=2048", timeout=300)  # fmt: skip
+    try:
+        client = openai.OpenAI(base_url=dep.base_url, api_key="x", max_retries=0, timeout=120)
+        started = [0]
+
+        def one(i: int) -> tuple[str, int]:
+            chunks = client.completions.create(
+                model=dep.model, prompt=f"story {i}: once upon a time", max_tokens=400, temperature=0,
+                stream=True, stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
+            )  # fmt: skip
+            finish, tokens, first = "", 0, True
+            for c in chunks:
+                if c.choices and c.choices[0].text and first:
+                    first = False
+                    started[0] += 1
+                if c.choices and c.choices[0].finish_reason:
+                    finish = c.choices[0].finish_reason
+                if c.usage is not None:
+                    tokens = c.usage.completion_tokens
+            return finish, tokens
+
+        victim = dep.pid("worker-0")
+        with ThreadPoolExecutor(6) as pool:
+            futures = [pool.submit(one, i) for i in range(6)]
+            deadline = time.monotonic() + 60
+            while started[0] < 6:
+                assert time.monotonic() < deadline, "the six streams did not start"
+                time.sleep(0.02)
+            os.kill(victim, signal.SIGKILL)
+            results = [f.result(timeout=180) for f in futures]
+        assert results == [("length", 400)] * 6
+        metrics = scrape(dep.url + "/metrics")
+        died = metrics[f'dynamo_frontend_migrations_total{{model="{dep.model}",reason="worker_died"}}']
+        assert died == 3, {k: v for k, v in metrics.items() if "migrat" in k}
+    finally:
+        dep.stop()

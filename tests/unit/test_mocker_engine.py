@@ -92,6 +92,29 @@ async def test_seed_makes_sampling_reproducible(make_engine: MakeEngine) -> None
     assert unseeded[0] != unseeded[1]
 
 
+@pytest.mark.parametrize(
+    "sampling",
+    [
+        {"temperature": 0.0},
+        {"temperature": 0.9, "seed": 11},
+        {"temperature": 0.0, "top_p": 0.3, "logprobs": 3},
+    ],
+)
+async def test_a_request_resent_with_its_output_so_far_continues_exactly(
+    make_engine: MakeEngine, sampling: dict[str, object]
+) -> None:
+    """What request migration relies on: the next token depends on the tokens so far, not on where
+    the prompt ended, so another engine given prompt + output continues the same stream."""
+    a, b = make_engine(), make_engine()
+    p = prompt(40)
+    whole, outs = await collect(a, request(p, 24, **sampling))
+    rest, rest_outs = await collect(b, request(p + whole[:9], 24 - 9, **sampling))
+    assert whole[:9] + rest == whole
+    if "logprobs" in sampling:
+        lps = [lp for o in outs for lp in o.logprobs or []]
+        assert lps[9:] == [lp for o in rest_outs for lp in o.logprobs or []]
+
+
 async def test_top_p_narrows_candidates(make_engine: MakeEngine) -> None:
     e = make_engine()
     one, _ = await collect(e, request(prompt(10), 20, temperature=0.0, top_p=0.0005))

@@ -132,7 +132,8 @@ async def test_same_seed_same_output(make_engine: MakeEngine, smol_dir: Path) ->
     ("spec", "check"),
     [
         ({"regex": r"[a-z]+@[a-z]+\.com"}, lambda t: re.fullmatch(r"[a-z]+@[a-z]+\.com", t)),
-        ({"regex": r"\d{3}-\d{4}"}, lambda t: re.fullmatch(r"\d{3}-\d{4}", t)),
+        # [0-9], not \d: the grammar engine's \d takes digits of newer Unicode than Python's re knows.
+        ({"regex": r"[0-9]{3}-[0-9]{4}"}, lambda t: re.fullmatch(r"[0-9]{3}-[0-9]{4}", t)),
         ({"choice": ["yes", "no", "maybe so"]}, lambda t: t in ("yes", "no", "maybe so")),
         ({"json_object": True}, lambda t: isinstance(json.loads(t), dict)),
         ({"grammar": 'root ::= "(" [0-9]+ ("," [0-9]+)* ")"'}, lambda t: re.fullmatch(r"\(\d+(,\d+)*\)", t)),

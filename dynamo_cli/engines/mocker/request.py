@@ -6,6 +6,8 @@ import asyncio
 import random
 from typing import TYPE_CHECKING
 
+import xxhash
+
 from dynamo_cli.engines.mocker.pool import BlockTable
 from dynamo_cli.transport.wire import EngineRequest, FinishReason, SamplingOptions, TokenLogprobs
 
@@ -25,6 +27,7 @@ class Request:
         "finish",
         "first_sent",
         "forced",
+        "history",
         "id",
         "k",
         "lp_rng",
@@ -56,6 +59,7 @@ class Request:
         self.table = BlockTable()
         self.state = WAITING
         self.rng: random.Random | None = None
+        self.history: xxhash.xxh3_64 | None = None  # hash of every token so far: seeds the next draw
         self.offset = 0  # start of the top-p / top-k candidate window
         self.k = 1  # size of that window
         self.stop_ids: frozenset[int] = frozenset(request.sampling.stop_token_ids)

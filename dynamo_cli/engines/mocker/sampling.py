@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import sys
 from array import array
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,7 +28,47 @@ _LOGPROB_SALT = 0x6C6F6770726F6273  # logprobs draw from their own RNG: asking f
 
 
 def _tokens_digest(tokens: Sequence[int], seed: int = 0) -> int:
-    return xxhash.xxh3_64_intdigest(array("q", tokens).tobytes(), seed & _U64)
+    return xxhash.xxh3_64_intdigest(_packed(tokens), seed & _U64)
+
+
+def _packed(tokens: Sequence[int]) -> bytes:
+    """Token ids as 8-byte little-endian integers: the bytes a request's history hash reads."""
+    packed = array("q", tokens)
+    if sys.byteorder == "big":
+        packed.byteswap()
+    return packed.tobytes()
+
+
+class _SplitMix(random.Random):
+    """SplitMix64 behind random.Random's interface: seeding is one assignment (Mersenne Twister's
+    costs ~5 µs), so a request's generator is re-seeded before every token. Not for secrets."""
+
+    _state = 0
+
+    def seed(self, a: Any = None, version: int = 2) -> None:
+        self._state = (a if isinstance(a, int) else random.getrandbits(64)) & _U64
+
+    def getrandbits(self, k: int) -> int:
+        out, bits = 0, 0
+        while bits < k:
+            out = (out << 64) | self._next()
+            bits += 64
+        return out >> (bits - k)
+
+    def random(self) -> float:
+        return (self._next() >> 11) * (1.0 / (1 << 53))
+
+    def _next(self) -> int:
+        self._state = z = (self._state + 0x9E3779B97F4A7C15) & _U64
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _U64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _U64
+        return z ^ (z >> 31)
+
+    def getstate(self) -> Any:
+        return self._state
+
+    def setstate(self, state: Any) -> None:
+        self._state = state
 
 
 async def grammar_sampler(
@@ -64,17 +105,22 @@ class TokenSampler:
         self._rng = random.Random(instance_seed)  # for unseeded sampling
 
     def prepare(self, req: Request) -> None:
-        """Seed ``req``'s draws and place its candidate window."""
+        """Seed ``req``'s draws and place its candidate window. Greedy or seeded, each token's draws
+        depend only on the seed and the tokens before it (prompt and output alike), as a model's
+        output does: a request re-sent with its output so far appended (a migrated one) continues
+        exactly. The window depends on the seed alone."""
         s = req.sampling
         if s.temperature <= 0:
-            seed = _tokens_digest(req.tokens)
+            seed = 0
         elif s.seed is not None:
-            seed = _tokens_digest(req.tokens, s.seed)
+            seed = s.seed & _U64
         else:
             seed = self._rng.getrandbits(64)
-        rng = req.rng = random.Random(seed)
+        req.history = xxhash.xxh3_64(seed=seed)
+        req.history.update(_packed(req.tokens))
+        rng = req.rng = _SplitMix(seed)
         if s.logprobs is not None:
-            req.lp_rng = random.Random(seed ^ _LOGPROB_SALT)
+            req.lp_rng = _SplitMix(seed ^ _LOGPROB_SALT)
         n = self._num_candidates
         k = n if s.top_p >= 1.0 else max(1, math.ceil(s.top_p * n))
         if s.top_k > 0:
@@ -112,6 +158,7 @@ class TokenSampler:
         s = req.sampling
         rng = req.rng
         assert rng is not None
+        self._reseed(req)
         can_stop = not s.ignore_eos and req.num_output >= s.min_tokens
         eos_roll = rng.random() if self.cfg.eos_rate > 0.0 else 1.0
         reason: FinishReason | None = None
@@ -141,6 +188,7 @@ class TokenSampler:
         s = req.sampling
         sampler = req.sampler
         assert sampler is not None and req.rng is not None
+        self._reseed(req)
         can_stop = not s.ignore_eos and req.num_output >= s.min_tokens
         try:
             token = sampler.next_token(
@@ -163,7 +211,18 @@ class TokenSampler:
             reason = "length"
         return reason
 
+    @staticmethod
+    def _reseed(req: Request) -> None:
+        """Seed the next token's draws from the request's history."""
+        assert req.history is not None and req.rng is not None
+        h = req.history.intdigest()
+        req.rng.seed(h)
+        if req.lp_rng is not None:
+            req.lp_rng.seed(h ^ _LOGPROB_SALT)
+
     def _append(self, req: Request, token: int) -> None:
+        assert req.history is not None
+        req.history.update(token.to_bytes(8, "little", signed=True))
         req.tokens.append(token)
         req.pending.append(token)
         req.num_output += 1
