@@ -164,3 +164,37 @@ def test_a_stalled_prefill_worker_times_out_into_a_local_prefill(tmp_path: Path)
     finally:
         os.kill(prefill, signal.SIGCONT)
         d.stop()
+
+
+def test_a_decode_worker_killed_after_remote_prefills_loses_no_stream(tmp_path: Path) -> None:
+    """Every prompt is prefilled remotely; decode-0 dies mid-generation. Its streams migrate to decode-1,
+    which prefills prompt + tokens so far again, and each answer is exactly the undisturbed one."""
+    d = _disagg(tmp_path, "--speedup", "1", "--decode-workers", "2", "--set", "disagg.conditional_disagg=false",
+                "--set", "router.mode=round-robin")  # fmt: skip
+    try:
+        client = openai.OpenAI(base_url=d.base_url, api_key="x", max_retries=0, timeout=60)
+        started = [0]
+
+        def stream(k: int, count: bool) -> str:
+            chunks = client.chat.completions.create(
+                model=d.model, messages=[{"role": "user", "content": _doc(300 + k, 100)}],  # type: ignore[arg-type]
+                max_tokens=300, temperature=0, stream=True, extra_body={"ignore_eos": True},
+            )  # fmt: skip
+            parts = []
+            for c in chunks:
+                if c.choices and c.choices[0].delta.content:
+                    if not parts and count:
+                        started[0] += 1
+                    parts.append(c.choices[0].delta.content)
+            return "".join(parts)
+
+        with ThreadPoolExecutor(4) as pool:
+            undisturbed = list(pool.map(lambda k: stream(k, False), range(4)))
+            futures = [pool.submit(stream, k, True) for k in range(4)]
+            wait_for(lambda: started[0] == 4, 30, "all four streams to start")
+            os.kill(d.pid("decode-0"), signal.SIGKILL)
+            assert [f.result(timeout=90) for f in futures] == undisturbed
+        metrics = scrape(d.url + "/metrics")
+        assert metrics[f'dynamo_frontend_migrations_total{{model="{d.model}",reason="worker_died"}}'] == 2
+    finally:
+        d.stop()

@@ -139,6 +139,32 @@ def test_ctrl_c_drains_and_leaves_no_process(tmp_path: Path) -> None:
     assert "Stopped." in dep.log_text()
 
 
+def test_a_stopped_worker_hands_back_what_it_cannot_finish_and_it_migrates(tmp_path: Path) -> None:
+    # A 1 s stop timeout: the worker drains for 0.75 s, too short for 300 tokens at speedup 1 (~2 s).
+    dep = start(
+        tmp_path, "agg", "--engine", "mocker", "--workers", "2", "--speedup", "1",
+        "--set", "supervisor.stop_timeout_s=1",
+    )  # fmt: skip
+    try:
+        client = openai.OpenAI(base_url=dep.base_url, api_key="x", max_retries=0, timeout=60)
+        with ThreadPoolExecutor(4) as pool:
+            undisturbed = list(pool.map(lambda i: _stream_text(client, dep.model, i), range(4)))
+        started = [0]
+        with ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(_stream_text, client, dep.model, i, started) for i in range(4)]
+            wait_for(lambda: started[0] == 4, 30, "all four streams to start")
+            os.kill(dep.pid("worker-0"), signal.SIGTERM)  # as `dynamo role` gets it, or a scale-down
+            results = [f.result(timeout=90) for f in futures]
+        assert results == undisturbed
+        metrics = scrape(dep.url + "/metrics")
+        moved = {k: v for k, v in metrics.items() if k.startswith("dynamo_frontend_migrations_total")}
+        # Its engine stopped them ("aborted") or its endpoint handed them back ("unavailable"), at once.
+        assert sum(moved.values()) == 2 and all("aborted" in k or "unavailable" in k for k in moved), moved
+        assert "draining 2 in-flight request(s)" in dep.log_text()
+    finally:
+        dep.stop()
+
+
 def test_second_ctrl_c_forces(tmp_path: Path) -> None:
     dep = start(tmp_path, "agg", "--engine", "mocker", "--workers", "1")
     pids = dep.all_pids()
