@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 
-from dynamo_cli.deployment.handle import DYNAMO, process_alive, start
+from dynamo_cli.deployment.handle import DYNAMO, Deployment, process_alive, start
 from tests.e2e.helpers import child_pids, scrape, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -51,6 +51,16 @@ def _stream_text(client: openai.OpenAI, model: str, i: int, started: list[int] |
     return "".join(parts)
 
 
+def _streams_through(dep: Deployment, client: openai.OpenAI, n: int, victim: str, sig: int) -> list[str]:
+    """``n`` streams (as _stream_text); once all have started, ``victim`` gets ``sig``."""
+    started = [0]
+    with ThreadPoolExecutor(n) as pool:
+        futures = [pool.submit(_stream_text, client, dep.model, i, started) for i in range(n)]
+        wait_for(lambda: started[0] == n, 30, f"all {n} streams to start")
+        os.kill(dep.pid(victim), sig)
+        return [f.result(timeout=90) for f in futures]
+
+
 def test_a_killed_workers_streams_migrate_and_continue_exactly(tmp_path: Path) -> None:
     # speedup 1: 300 tokens take seconds, so requests are mid-stream when the worker dies.
     dep = start(tmp_path, "agg", "--engine", "mocker", "--workers", "2", "--speedup", "1")
@@ -59,13 +69,7 @@ def test_a_killed_workers_streams_migrate_and_continue_exactly(tmp_path: Path) -
         with ThreadPoolExecutor(6) as pool:
             undisturbed = list(pool.map(lambda i: _stream_text(client, dep.model, i), range(6)))
         assert not any(t.startswith("error") for t in undisturbed), undisturbed
-        started = [0]
-        victim = dep.pid("worker-0")
-        with ThreadPoolExecutor(6) as pool:
-            futures = [pool.submit(_stream_text, client, dep.model, i, started) for i in range(6)]
-            wait_for(lambda: started[0] == 6, 30, "all six streams to start")
-            os.kill(victim, signal.SIGKILL)
-            results = [f.result(timeout=90) for f in futures]
+        results = _streams_through(dep, client, 6, "worker-0", signal.SIGKILL)
         # Every stream finished, token for token as the undisturbed run: the victim's moved to the
         # other worker, which continued them from the prompt and the tokens already streamed.
         assert results == undisturbed
@@ -97,13 +101,7 @@ def test_without_migration_a_killed_workers_streams_end_with_an_error(tmp_path: 
     )  # fmt: skip
     try:
         client = openai.OpenAI(base_url=dep.base_url, api_key="x", max_retries=0, timeout=60)
-        started = [0]
-        victim = dep.pid("worker-0")
-        with ThreadPoolExecutor(6) as pool:
-            futures = [pool.submit(_stream_text, client, dep.model, i, started) for i in range(6)]
-            wait_for(lambda: started[0] == 6, 30, "all six streams to start")
-            os.kill(victim, signal.SIGKILL)
-            results = [f.result(timeout=90) for f in futures]
+        results = _streams_through(dep, client, 6, "worker-0", signal.SIGKILL)
         errors = [r for r in results if r.startswith("error")]
         # Round-robin put three on each worker: the victim's three fail clearly, the others finish.
         assert len(errors) == 3, results
@@ -149,12 +147,8 @@ def test_a_stopped_worker_hands_back_what_it_cannot_finish_and_it_migrates(tmp_p
         client = openai.OpenAI(base_url=dep.base_url, api_key="x", max_retries=0, timeout=60)
         with ThreadPoolExecutor(4) as pool:
             undisturbed = list(pool.map(lambda i: _stream_text(client, dep.model, i), range(4)))
-        started = [0]
-        with ThreadPoolExecutor(4) as pool:
-            futures = [pool.submit(_stream_text, client, dep.model, i, started) for i in range(4)]
-            wait_for(lambda: started[0] == 4, 30, "all four streams to start")
-            os.kill(dep.pid("worker-0"), signal.SIGTERM)  # as `dynamo role` gets it, or a scale-down
-            results = [f.result(timeout=90) for f in futures]
+        # SIGTERM, as `dynamo role` gets it, or a worker the planner scales down.
+        results = _streams_through(dep, client, 4, "worker-0", signal.SIGTERM)
         assert results == undisturbed
         metrics = scrape(dep.url + "/metrics")
         moved = {k: v for k, v in metrics.items() if k.startswith("dynamo_frontend_migrations_total")}

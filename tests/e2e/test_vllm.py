@@ -190,7 +190,8 @@ def test_a_dead_engine_takes_its_worker_down_and_the_launcher_restarts_it(tiny: 
 
 def test_a_killed_vllm_workers_streams_migrate_and_finish(tmp_path: Path) -> None:
     """Two vLLM workers, six greedy streams (three on each, round-robin), one worker SIGKILLed mid-way:
-    every stream finishes with all its tokens; the victim's continued on the other worker."""
+    every stream finishes with all its tokens, the same ones as undisturbed (fp32 on CPU, greedy); the
+    victim's continued on the other worker."""
     from concurrent.futures import ThreadPoolExecutor
 
     from dynamo_cli.models.tiny import build_tiny_llama
@@ -203,32 +204,34 @@ def test_a_killed_vllm_workers_streams_migrate_and_finish(tmp_path: Path) -> Non
         client = openai.OpenAI(base_url=dep.base_url, api_key="x", max_retries=0, timeout=120)
         started = [0]
 
-        def one(i: int) -> tuple[str, int]:
+        def one(i: int, count: bool) -> tuple[str, str, int]:
             chunks = client.completions.create(
-                model=dep.model, prompt=f"story {i}: once upon a time", max_tokens=400, temperature=0,
+                model=dep.model, prompt=f"story {i}: once upon a time", max_tokens=300, temperature=0,
                 stream=True, stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
             )  # fmt: skip
-            finish, tokens, first = "", 0, True
+            finish, tokens, parts = "", 0, []
             for c in chunks:
-                if c.choices and c.choices[0].text and first:
-                    first = False
-                    started[0] += 1
+                if c.choices and c.choices[0].text:
+                    if not parts and count:
+                        started[0] += 1
+                    parts.append(c.choices[0].text)
                 if c.choices and c.choices[0].finish_reason:
                     finish = c.choices[0].finish_reason
                 if c.usage is not None:
                     tokens = c.usage.completion_tokens
-            return finish, tokens
+            return "".join(parts), finish, tokens
 
-        victim = dep.pid("worker-0")
         with ThreadPoolExecutor(6) as pool:
-            futures = [pool.submit(one, i) for i in range(6)]
+            undisturbed = list(pool.map(lambda i: one(i, False), range(6)))
+            futures = [pool.submit(one, i, True) for i in range(6)]
             deadline = time.monotonic() + 60
             while started[0] < 6:
                 assert time.monotonic() < deadline, "the six streams did not start"
                 time.sleep(0.02)
-            os.kill(victim, signal.SIGKILL)
+            os.kill(dep.pid("worker-0"), signal.SIGKILL)
             results = [f.result(timeout=180) for f in futures]
-        assert results == [("length", 400)] * 6
+        assert [r[1:] for r in results] == [("length", 300)] * 6
+        assert results == undisturbed
         metrics = scrape(dep.url + "/metrics")
         died = metrics[f'dynamo_frontend_migrations_total{{model="{dep.model}",reason="worker_died"}}']
         assert died == 3, {k: v for k, v in metrics.items() if "migrat" in k}

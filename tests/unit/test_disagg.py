@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -16,6 +15,7 @@ from dynamo_cli.disagg.remote import CachedPrefixes, RemotePrefill, decode_peer,
 from dynamo_cli.kv.hashing import sequence_block_hashes
 from dynamo_cli.transport.discovery import DiscoveryEvent, Instance
 from dynamo_cli.transport.wire import EngineRequest, KvEvent, SamplingOptions
+from tests.unit.helpers import until
 
 BS = 16
 
@@ -98,15 +98,6 @@ def test_unconditional_disagg_sends_everything_remote_whatever_the_queue() -> No
 
 def test_no_prefill_worker_is_a_counted_fallback() -> None:
     assert _decide(_remote(ON, prefill_workers=0), _req(500))[:2] == ("fallback", "no_prefill_worker")
-
-
-async def until(cond: Callable[[], object], steps: int = 1000) -> None:
-    """Yield to the loop until cond() holds; fail the test if it never does."""
-    for _ in range(steps):
-        if cond():
-            return
-        await asyncio.sleep(0)
-    pytest.fail(f"still not true after {steps} turns of the loop")
 
 
 def test_remote_prefill_waits_for_a_handshake_with_every_live_prefill_engine(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from dynamo_cli.frontend.metrics import FrontendMetrics
 from dynamo_cli.planner.inputs import FrontendSample, Inputs, WorkerLoads, observation_json, parse_metrics
 from dynamo_cli.planner.policy import LoadPolicy, SlaPolicy, make_policy, planned_groups
 from dynamo_cli.transport.wire import LoadMetrics
+from tests.unit.helpers import until
 
 
 # ---- inputs -------------------------------------------------------------------------------------------
@@ -157,15 +157,6 @@ class FakeSupervisor:
 
     async def remove(self, child: Child) -> None:
         self.calls.append(f"remove {child.spec.name}")
-
-
-async def until(cond: Callable[[], object], steps: int = 1000) -> None:
-    """Yield to the loop until cond() holds; fail the test if it never does."""
-    for _ in range(steps):
-        if cond():
-            return
-        await asyncio.sleep(0)
-    pytest.fail(f"still not true after {steps} turns of the loop")
 
 
 def _connector(tmp_path: Path, sup: FakeSupervisor, *, initial: int = 1) -> LocalConnector:
