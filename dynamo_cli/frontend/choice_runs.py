@@ -43,7 +43,7 @@ class ChoiceRun:
         await self.deltas.aclose()  # type: ignore[attr-defined]
 
 
-async def _all(runs: list[ChoiceRun], work: Callable[[ChoiceRun], Awaitable[None]]) -> None:
+async def run_all(runs: list[ChoiceRun], work: Callable[[ChoiceRun], Awaitable[None]]) -> None:
     """``work`` on every choice at once; the first failure cancels the others and is raised."""
     if len(runs) == 1:
         await work(runs[0])
@@ -56,7 +56,7 @@ async def _all(runs: list[ChoiceRun], work: Callable[[ChoiceRun], Awaitable[None
             t.cancel()
 
 
-async def _interleaved(runs: list[ChoiceRun]) -> AsyncIterator[tuple[ChoiceRun, str | None]]:
+async def interleaved(runs: list[ChoiceRun]) -> AsyncIterator[tuple[ChoiceRun, str | None]]:
     """Every choice's text deltas as they come, (run, None) when a choice ends."""
     if len(runs) == 1:
         run = runs[0]

@@ -16,7 +16,7 @@ from dynamo_cli.frontend.schemas import OpenAIError
 
 _JSON = "application/json"
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
-_DONE = b"data: [DONE]\n\n"
+DONE = b"data: [DONE]\n\n"
 
 
 def json_response(body: Any, status: int = 200) -> Response:
@@ -34,7 +34,7 @@ async def _wait_disconnect(receive: Receive) -> None:
             return
 
 
-async def _race_disconnect(receive: Receive, work: Awaitable[Any]) -> tuple[bool, Any]:
+async def race_disconnect(receive: Receive, work: Awaitable[Any]) -> tuple[bool, Any]:
     """Run ``work``; cancel it if the client goes away. Returns (disconnected, result)."""
     task = asyncio.ensure_future(work)
     watch = asyncio.ensure_future(_wait_disconnect(receive))
@@ -69,17 +69,17 @@ class SSEResponse(Response):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
         try:
-            await _race_disconnect(receive, pump())
+            await race_disconnect(receive, pump())
         except OSError:  # the client went away between two sends
             pass
         finally:
             await self._chunks.aclose()  # type: ignore[attr-defined]
 
 
-def _sse(obj: dict[str, Any]) -> bytes:
+def sse(obj: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
-def _sse_event(obj: dict[str, Any]) -> bytes:
+def sse_event(obj: dict[str, Any]) -> bytes:
     """A Responses API event: its type named on the event line too."""
     return b"event: " + obj["type"].encode() + b"\ndata: " + orjson.dumps(obj) + b"\n\n"

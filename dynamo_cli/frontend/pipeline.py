@@ -10,7 +10,7 @@ from typing import Any
 
 from dynamo_cli.frontend.client import WorkerClient
 from dynamo_cli.frontend.metrics import FrontendMetrics
-from dynamo_cli.frontend.schemas import OpenAIError, _Sampling
+from dynamo_cli.frontend.schemas import OpenAIError, Sampling
 from dynamo_cli.models.tokenizer import ModelTokenizer
 from dynamo_cli.transport.wire import EngineOutput, EngineRequest, SamplingOptions, TokenLogprobs
 
@@ -67,7 +67,7 @@ class Generation:
 def build_generation(
     request_id: str,
     prompt_ids: list[int],
-    body: _Sampling,
+    body: Sampling,
     tok: ModelTokenizer,
     *,
     structured: dict[str, Any] | None = None,

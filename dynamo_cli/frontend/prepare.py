@@ -14,7 +14,7 @@ from dynamo_cli.engines.structured import validate_structured
 from dynamo_cli.frontend.limits import RequestLimits
 from dynamo_cli.frontend.outputs import ChoiceShaper, ForcedCall
 from dynamo_cli.frontend.reasoning import REASONING_PARSERS, prompt_think_state
-from dynamo_cli.frontend.schemas import ChatCompletionRequest, CompletionRequest, OpenAIError, _Sampling
+from dynamo_cli.frontend.schemas import ChatCompletionRequest, CompletionRequest, OpenAIError, Sampling
 from dynamo_cli.frontend.tool_parsers import PARSERS, choose_parser, template_renders_tools
 from dynamo_cli.models.tokenizer import ModelTokenizer
 
@@ -113,7 +113,7 @@ def _check_spec(spec: dict[str, Any], param: str) -> None:
         raise OpenAIError(400, f"{param}: {error}", param=param, code="invalid_value")
 
 
-def prepare(body: _Sampling, tok: ModelTokenizer, limits: RequestLimits, setup: ChatSetup) -> Prepared:
+def prepare(body: Sampling, tok: ModelTokenizer, limits: RequestLimits, setup: ChatSetup) -> Prepared:
     spec, spec_param = body.structured_spec()
     if isinstance(body, ChatCompletionRequest):
         prepared = _prepare_chat(body, tok, limits, setup)

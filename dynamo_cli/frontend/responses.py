@@ -16,7 +16,7 @@ from typing import Any
 
 from dynamo_cli.frontend.outputs import ChoiceShaper, Piece
 from dynamo_cli.frontend.pipeline import Generation
-from dynamo_cli.frontend.responses_request import ResponsesRequest, _id
+from dynamo_cli.frontend.responses_request import ResponsesRequest, new_id
 from dynamo_cli.frontend.schemas import ChatCompletionRequest
 
 
@@ -63,7 +63,7 @@ class ResponseShape:
     request: ResponsesRequest
     chat: ChatCompletionRequest
     model: str
-    id: str = field(default_factory=lambda: _id("resp"))
+    id: str = field(default_factory=lambda: new_id("resp"))
     created_at: int = field(default_factory=lambda: int(time.time()))
 
     def envelope(
@@ -103,13 +103,13 @@ class ResponseShape:
         output: list[dict[str, Any]] = []
         reasoning = "".join(shaper.reasoning)
         if reasoning:
-            output.append(_reasoning_item(_id("rs"), reasoning))
+            output.append(_reasoning_item(new_id("rs"), reasoning))
         content = "".join(shaper.content)
         if content or not shaper.calls:
-            output.append(_message_item(_id("msg"), content))
+            output.append(_message_item(new_id("msg"), content))
         for i in sorted(shaper.calls):
             call_id, name, args = shaper.calls[i]
-            output.append(_call_item(_id("fc"), call_id, name, args))
+            output.append(_call_item(new_id("fc"), call_id, name, args))
         return self.envelope(self.status_of(gen.finish_reason), output, gen)
 
 
@@ -205,15 +205,15 @@ class ResponseEvents:
     def piece(self, piece: Piece) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []
         if piece.reasoning:
-            reasoning = {"type": "reasoning", "id": _id("rs"), "summary": [], "status": "in_progress"}
+            reasoning = {"type": "reasoning", "id": new_id("rs"), "summary": [], "status": "in_progress"}
             events += self._text_delta(reasoning, "response.reasoning_text.delta", piece.reasoning)
         if piece.content:
-            message = _message_item(_id("msg"), "", "in_progress") | {"content": []}
+            message = _message_item(new_id("msg"), "", "in_progress") | {"content": []}
             events += self._text_delta(message, "response.output_text.delta", piece.content, logprobs=[])
         index = len(self.output)
         for d in piece.calls:
             if d.id is not None or self._call_index != d.index:
-                item = _call_item(_id("fc"), d.id or "", d.name or "", "", "in_progress")
+                item = _call_item(new_id("fc"), d.id or "", d.name or "", "", "in_progress")
                 events += self._open_item(item)
                 self._call_index = d.index
                 index = len(self.output)
@@ -232,7 +232,7 @@ class ResponseEvents:
     def finish(self, gen: Generation) -> list[dict[str, Any]]:
         events = self._close()
         if not self.output:  # nothing was generated: still one (empty) message, as the whole response has
-            events += self._open_item(_message_item(_id("msg"), "", "in_progress") | {"content": []})
+            events += self._open_item(_message_item(new_id("msg"), "", "in_progress") | {"content": []})
             events += self._close()
         status = self.shape.status_of(gen.finish_reason)
         response = self.shape.envelope(status, self.output, gen)

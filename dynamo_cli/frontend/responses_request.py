@@ -11,14 +11,14 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from dynamo_cli.frontend.schemas import OpenAIError, _Req
+from dynamo_cli.frontend.schemas import OpenAIError, Req
 
 
-def _id(prefix: str) -> str:
+def new_id(prefix: str) -> str:
     return f"{prefix}_{os.urandom(12).hex()}"
 
 
-class ResponsesRequest(_Req):
+class ResponsesRequest(Req):
     model: str
     input: str | list[dict[str, Any]]
     instructions: str | None = None
@@ -110,7 +110,7 @@ def _messages(req: ResponsesRequest) -> list[dict[str, Any]]:
             messages.append({"role": role, "content": _text_of(item.get("content", ""), f"{where}.content")})
         elif kind == "function_call":
             call = {
-                "id": item.get("call_id") or _id("call"),
+                "id": item.get("call_id") or new_id("call"),
                 "type": "function",
                 "function": {"name": item.get("name"), "arguments": item.get("arguments", "{}")},
             }

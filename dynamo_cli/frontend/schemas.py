@@ -47,22 +47,22 @@ class OpenAIError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
-class _Req(BaseModel):
+class Req(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
-class StreamOptions(_Req):
+class StreamOptions(Req):
     include_usage: bool = False
 
 
-class JsonSchemaFormat(_Req):
+class JsonSchemaFormat(Req):
     name: str = Field("response", max_length=64)
     description: str | None = None
     schema_: dict[str, Any] | None = Field(None, alias="schema")
     strict: bool | None = None
 
 
-class ResponseFormat(_Req):
+class ResponseFormat(Req):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaFormat | None = None
 
@@ -84,7 +84,7 @@ class StructuredOutputs(BaseModel):
     json_object: bool | None = None
 
 
-class _Sampling(_Req):
+class Sampling(Req):
     model: str
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
@@ -215,7 +215,7 @@ def _json_schema(value: dict[str, Any] | str, param: str) -> dict[str, Any]:
     return value
 
 
-class ChatMessage(_Req):
+class ChatMessage(Req):
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str | list[dict[str, Any]] | None = None
 
@@ -230,28 +230,28 @@ class ChatMessage(_Req):
         return self.content or ""
 
 
-class FunctionDef(_Req):
+class FunctionDef(Req):
     name: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
 
 
-class Tool(_Req):
+class Tool(Req):
     type: Literal["function"]
     function: FunctionDef
 
 
-class NamedFunction(_Req):
+class NamedFunction(Req):
     name: str
 
 
-class NamedToolChoice(_Req):
+class NamedToolChoice(Req):
     type: Literal["function"]
     function: NamedFunction
 
 
-class ChatCompletionRequest(_Sampling):
+class ChatCompletionRequest(Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     add_generation_prompt: bool = True
     add_special_tokens: bool = False
@@ -287,7 +287,7 @@ class ChatCompletionRequest(_Sampling):
         return self.tool_choice or "auto"
 
 
-class CompletionRequest(_Sampling):
+class CompletionRequest(Sampling):
     prompt: str | list[int] | list[str] | list[list[int]]
     echo: bool = False
     max_tokens: int | None = Field(16, ge=1)

@@ -15,18 +15,18 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from dynamo_cli.errors import UsageError
-from dynamo_cli.frontend.choice_runs import ChoiceRun, _all, _interleaved
+from dynamo_cli.frontend.choice_runs import ChoiceRun, interleaved, run_all
 from dynamo_cli.frontend.client import WorkerFailure
 from dynamo_cli.frontend.completion_bodies import CompletionBodies
 from dynamo_cli.frontend.fields import Endpoint, UnknownFields, check_refused
 from dynamo_cli.frontend.http_responses import (
-    _DONE,
+    DONE,
     SSEResponse,
-    _race_disconnect,
-    _sse,
-    _sse_event,
     error_response,
     json_response,
+    race_disconnect,
+    sse,
+    sse_event,
 )
 from dynamo_cli.frontend.limits import BodyLimit
 from dynamo_cli.frontend.outputs import LogprobFormatter, call_delta
@@ -38,8 +38,8 @@ from dynamo_cli.frontend.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
     OpenAIError,
-    _Req,
-    _Sampling,
+    Req,
+    Sampling,
     validation_error,
 )
 from dynamo_cli.frontend.state import FrontendState
@@ -66,7 +66,7 @@ class Api(CompletionBodies):
 
     # ---- common -----------------------------------------------------------------------------------
     async def _parse(
-        self, request: Request, model_cls: type[_Req], endpoint: Endpoint
+        self, request: Request, model_cls: type[Req], endpoint: Endpoint
     ) -> tuple[Any, int, dict[str, Any]]:
         """The validated request, its body's size, and the body as parsed."""
         body = await request.body()
@@ -97,14 +97,14 @@ class Api(CompletionBodies):
         logger.exception("unexpected error")
         return OpenAIError(500, f"internal error: {type(e).__name__}: {e}", code="internal")
 
-    async def _prepare(self, body: _Sampling, size: int) -> Prepared:
+    async def _prepare(self, body: Sampling, size: int) -> Prepared:
         args = (body, self.s.tokenizer, self.s.parser.limits, self.s.setup)
         # A grammar to check (llguidance validates a 16 KiB one in up to ~20 ms) always goes off the loop.
         if size <= INLINE_PREPROCESS_BYTES and not body.constrained:
             return prepare(*args)
         return await asyncio.get_running_loop().run_in_executor(self.s.preprocess, prepare, *args)
 
-    def _runs(self, body: _Sampling, prep: Prepared, kind: str) -> list[ChoiceRun]:
+    def _runs(self, body: Sampling, prep: Prepared, kind: str) -> list[ChoiceRun]:
         base = build_generation(
             new_request_id(kind), prep.prompt_ids, body, self.s.tokenizer, structured=prep.structured
         )
@@ -116,7 +116,7 @@ class Api(CompletionBodies):
         ]
 
     async def _handle(
-        self, request: Request, endpoint: str, model_cls: type[_Sampling], kind: str
+        self, request: Request, endpoint: str, model_cls: type[Sampling], kind: str
     ) -> Response:
         m = self.s.metrics
         m.inflight.inc()
@@ -140,7 +140,7 @@ class Api(CompletionBodies):
                 runs = self._runs(body, prep, kind)
                 if body.stream:
                     # Start every choice first: routing errors surface here, before any byte is sent.
-                    disconnected, _ = await _race_disconnect(request.receive, _all(runs, ChoiceRun.start))
+                    disconnected, _ = await race_disconnect(request.receive, run_all(runs, ChoiceRun.start))
                     if disconnected:
                         status = 499
                         return Response(status_code=499)
@@ -150,7 +150,7 @@ class Api(CompletionBodies):
                         stream = self._stream(runs, body, kind, prep)
                     runs = []
                     return SSEResponse(stream)
-                disconnected, _ = await _race_disconnect(request.receive, _all(runs, ChoiceRun.collect))
+                disconnected, _ = await race_disconnect(request.receive, run_all(runs, ChoiceRun.collect))
                 if disconnected:
                     status = 499
                     return Response(status_code=499)
@@ -174,23 +174,23 @@ class Api(CompletionBodies):
         events = ResponseEvents(shape)
         try:
             for event in events.start():
-                yield _sse_event(event)
-            async for _, text in _interleaved([run]):
+                yield sse_event(event)
+            async for _, text in interleaved([run]):
                 piece = run.shaper.finish() if text is None else run.shaper.feed(text)
                 for event in events.piece(piece):
-                    yield _sse_event(event)
+                    yield sse_event(event)
             for event in events.finish(run.gen):
-                yield _sse_event(event)
+                yield sse_event(event)
         except asyncio.CancelledError:
             raise
         except Exception as e:
             err = self._translate(e)
-            yield _sse_event(events._event("error", message=err.message, code=err.code, param=err.param))
+            yield sse_event(events._event("error", message=err.message, code=err.code, param=err.param))
         finally:
             await run.close()
 
     async def _stream(
-        self, runs: list[ChoiceRun], body: _Sampling, kind: str, prep: Prepared
+        self, runs: list[ChoiceRun], body: Sampling, kind: str, prep: Prepared
     ) -> AsyncIterator[bytes]:
         created = int(time.time())
         chat = kind == "chatcmpl"
@@ -205,11 +205,11 @@ class Api(CompletionBodies):
             if gen.sampling.logprobs is not None:
                 lp, offsets[gen.index] = fmt.completion(entries, offsets[gen.index])
             choice = {"index": gen.index, "text": text, "logprobs": lp, "finish_reason": finish}
-            return _sse({**head, "choices": [choice]})
+            return sse({**head, "choices": [choice]})
 
         def chat_chunk(gen: Generation, delta: dict[str, Any], finish: str | None, lp: Any) -> bytes:
             choice = {"index": gen.index, "delta": delta, "logprobs": lp, "finish_reason": finish}
-            return _sse({**head, "choices": [choice]})
+            return sse({**head, "choices": [choice]})
 
         try:
             for run in runs:
@@ -219,7 +219,7 @@ class Api(CompletionBodies):
                 elif prep.prompt_text is not None:  # echo: the prompt comes first
                     echoed = self._prompt_entries(gen) if gen.prompt_logprobs is not None else []
                     yield completion_chunk(gen, prep.prompt_text, None, echoed)
-            async for run, text in _interleaved(runs):
+            async for run, text in interleaved(runs):
                 gen, shaper = run.gen, run.shaper
                 want_lp = gen.sampling.logprobs is not None
                 ended = text is None
@@ -243,13 +243,13 @@ class Api(CompletionBodies):
                     if ended:
                         yield completion_chunk(gen, "", gen.finish_reason, [])
             if body.include_usage:
-                yield _sse({**head, "choices": [], "usage": self._usage(runs)})
-            yield _DONE
+                yield sse({**head, "choices": [], "usage": self._usage(runs)})
+            yield DONE
         except asyncio.CancelledError:
             raise
         except Exception as e:
             err = self._translate(e)
-            yield _sse(err.body())
+            yield sse(err.body())
         finally:
             for run in runs:
                 await run.close()

@@ -48,10 +48,10 @@ class ToolCallDelta:
 
 
 Delta = ContentDelta | ToolCallDelta
-_Call = tuple[str, str]  # (name, arguments JSON text)
+Call = tuple[str, str]  # (name, arguments JSON text)
 # A finished block: where it ends in the buffer, and its calls (None: not a call, the text is content;
 # []: markup that carries no call, such as the `;` after a llama3 call, dropped).
-_Block = tuple[int, list[_Call] | None]
+Block = tuple[int, list[Call] | None]
 
 
 def new_call_id() -> str:
@@ -71,14 +71,14 @@ def assemble(deltas: list[Delta]) -> tuple[str | None, list[ToolCall]]:
     return content or None, [calls[i] for i in sorted(calls)]
 
 
-def _dumps(value: Any) -> str | None:
+def dumps(value: Any) -> str | None:
     try:
         return json.dumps(value, ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError):  # not JSON: bytes, sets, NaN...
         return None
 
 
-def _skip_ws(text: str, i: int) -> int:
+def skip_ws(text: str, i: int) -> int:
     while i < len(text) and text[i].isspace():
         i += 1
     return i
@@ -92,7 +92,7 @@ def partial_suffix(text: str, marker: str) -> int:
     return 0
 
 
-def _literal(text: str, i: int, lit: str) -> int | None:
+def literal(text: str, i: int, lit: str) -> int | None:
     """End of `lit` at text[i]; None while the text ends inside it; -1 when it is not there."""
     if text.startswith(lit, i):
         return i + len(lit)
@@ -150,7 +150,7 @@ def _tool_functions(tools: list[dict]) -> list[dict]:
     return out
 
 
-def _tools_json(tools: list[dict]) -> str:
+def tools_json(tools: list[dict]) -> str:
     return "\n".join(json.dumps(f, ensure_ascii=False) for f in _tool_functions(tools))
 
 
@@ -217,7 +217,7 @@ class ToolParser:
     def render_tools(tools: list[dict]) -> str:
         raise NotImplementedError
 
-    def _scan_block(self, buf: str, final: bool) -> _Block | None:
+    def _scan_block(self, buf: str, final: bool) -> Block | None:
         """The block that opens at buf[0] (with a marker): None while more text is needed (never when
         `final`), else where it ends and its calls."""
         raise NotImplementedError
@@ -254,7 +254,7 @@ class ToolParser:
         """Where the content ends: the earliest marker (full: True) or text that may become one."""
         best = (len(buf), False)
         if self._lead and self.lead_markers:
-            p = _skip_ws(buf, 0)
+            p = skip_ws(buf, 0)
             for m in self.lead_markers:
                 if buf.startswith(m, p):
                     return p, True
@@ -311,13 +311,13 @@ class ToolParser:
         self._calls += 1
 
 
-class _TaggedParser(ToolParser):
+class TaggedParser(ToolParser):
     """Blocks between an opening and a closing tag; the end of the output closes the last one."""
 
     OPEN: ClassVar[str]
     CLOSE: ClassVar[str]
 
-    def _scan_block(self, buf: str, final: bool) -> _Block | None:
+    def _scan_block(self, buf: str, final: bool) -> Block | None:
         close = self._find_close(buf, self.CLOSE, len(self.OPEN))
         if close != -1:
             return close + len(self.CLOSE), self._body_calls(buf[len(self.OPEN) : close], closed=True)
@@ -325,6 +325,6 @@ class _TaggedParser(ToolParser):
             return None
         return len(buf), self._body_calls(buf[len(self.OPEN) :], closed=False)
 
-    def _body_calls(self, body: str, closed: bool) -> list[_Call] | None:
+    def _body_calls(self, body: str, closed: bool) -> list[Call] | None:
         """The calls in a block's body; `closed`: False when the end of the output closed the block."""
         raise NotImplementedError

@@ -9,14 +9,14 @@ import re
 from typing import Any
 
 from dynamo_cli.frontend.tool_parsers_base import (
+    Block,
+    Call,
+    TaggedParser,
     ToolParser,
-    _Block,
-    _Call,
-    _dumps,
-    _literal,
-    _skip_ws,
-    _TaggedParser,
-    _tools_json,
+    dumps,
+    literal,
+    skip_ws,
+    tools_json,
 )
 
 
@@ -31,10 +31,10 @@ def _arguments(raw: Any) -> str | None:
             raw = json.loads(raw)
         except ValueError:
             return None
-    return _dumps(raw) if isinstance(raw, dict) else None
+    return dumps(raw) if isinstance(raw, dict) else None
 
 
-def _json_call(obj: Any) -> _Call | None:
+def _json_call(obj: Any) -> Call | None:
     """`{"name": ..., "arguments"|"parameters": {...}}` -> a call, else None."""
     if not isinstance(obj, dict) or not isinstance(obj.get("name"), str) or not obj["name"]:
         return None
@@ -43,7 +43,7 @@ def _json_call(obj: Any) -> _Call | None:
     return None if args is None else (obj["name"], args)
 
 
-def _json_calls(text: str) -> list[_Call] | None:
+def _json_calls(text: str) -> list[Call] | None:
     """A JSON call object, or an array of them -> calls; None if any is not a call."""
     try:
         value = json.loads(text)
@@ -56,12 +56,12 @@ def _json_calls(text: str) -> list[_Call] | None:
     return [c for c in calls if c is not None]
 
 
-class HermesParser(_TaggedParser):
+class HermesParser(TaggedParser):
     name = "hermes"
     OPEN, CLOSE = "<tool_call>", "</tool_call>"
     markers = (OPEN,)
 
-    def _body_calls(self, body: str, closed: bool) -> list[_Call] | None:
+    def _body_calls(self, body: str, closed: bool) -> list[Call] | None:
         return _json_calls(body)  # unclosed: the JSON being whole is the sign it was not cut short
 
     @staticmethod
@@ -69,7 +69,7 @@ class HermesParser(_TaggedParser):
         return (
             "# Tools\n\nYou may call one or more functions to answer the user. The functions you can call "
             "are described, one JSON object a line, between <tools></tools> tags:\n<tools>\n"
-            f"{_tools_json(tools)}\n</tools>\n\n"
+            f"{tools_json(tools)}\n</tools>\n\n"
             "To call a function, reply with a JSON object holding its name and arguments between "
             "<tool_call></tool_call> tags, one block per call:\n<tool_call>\n"
             '{"name": <function-name>, "arguments": <arguments-json-object>}\n</tool_call>'
@@ -86,9 +86,9 @@ class Llama3JsonParser(ToolParser):
     lead_markers = ("{", ";")
     _KEYS = frozenset({"name", "parameters", "arguments", "type"})
 
-    def _scan_block(self, buf: str, final: bool) -> _Block | None:
+    def _scan_block(self, buf: str, final: bool) -> Block | None:
         separator = buf.startswith(";")
-        i = _skip_ws(buf, len(self.TAG) if buf.startswith(self.TAG) else 1 if separator else 0)
+        i = skip_ws(buf, len(self.TAG) if buf.startswith(self.TAG) else 1 if separator else 0)
         if i == len(buf):
             if not final:
                 return None
@@ -115,7 +115,7 @@ class Llama3JsonParser(ToolParser):
             "You can call the functions below. To call one, reply with only a JSON object of the form "
             '{"name": function name, "parameters": object of argument names and values}; '
             "separate several calls with ';'. Do not use variables.\n\n"
-            f"{_tools_json(tools)}"
+            f"{tools_json(tools)}"
         )
 
 
@@ -126,9 +126,9 @@ class MistralParser(ToolParser):
     _NAME = re.compile(r"[\w.\-:]+")
     _ID = re.compile(r"\w*")
 
-    def _scan_block(self, buf: str, final: bool) -> _Block | None:
+    def _scan_block(self, buf: str, final: bool) -> Block | None:
         incomplete = None if not final else (len(buf), None)
-        i = _skip_ws(buf, len(self.MARK))
+        i = skip_ws(buf, len(self.MARK))
         if i == len(buf):
             return incomplete
         if buf[i] in "[{":  # [TOOL_CALLS][{"name": ..., "arguments": {...}}, ...]
@@ -140,19 +140,19 @@ class MistralParser(ToolParser):
         name, i = match.group(), match.end()
         if i == len(buf):
             return incomplete
-        at = _literal(buf, i, "[CALL_ID]")
+        at = literal(buf, i, "[CALL_ID]")
         if at is None:
             return incomplete
         if at != -1:
             i = self._ID.match(buf, at).end()  # type: ignore[union-attr]  # \w* always matches
             if i == len(buf):
                 return incomplete
-        at = _literal(buf, i, "[ARGS]")
+        at = literal(buf, i, "[ARGS]")
         if at is None:
             return incomplete
         if at == -1:
             return i, None
-        i = _skip_ws(buf, at)
+        i = skip_ws(buf, at)
         if i == len(buf):
             return incomplete
         if buf[i] != "{":
@@ -167,7 +167,7 @@ class MistralParser(ToolParser):
     def render_tools(tools: list[dict]) -> str:
         return (
             "You can call the functions below, described one JSON object a line:\n"
-            f"{_tools_json(tools)}\n\n"
+            f"{tools_json(tools)}\n\n"
             "To call functions, reply with [TOOL_CALLS] followed by a JSON array of the calls: "
             '[TOOL_CALLS][{"name": "function_name", "arguments": {"argument": "value"}}]'
         )

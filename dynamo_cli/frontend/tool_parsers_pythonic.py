@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 from typing import Any
 
-from dynamo_cli.frontend.tool_parsers_base import ToolParser, _Block, _Call, _dumps, _skip_ws, _tools_json
+from dynamo_cli.frontend.tool_parsers_base import Block, Call, ToolParser, dumps, skip_ws, tools_json
 
 _JSON_NAMES = {"true": True, "false": False, "null": None}
 
@@ -40,7 +40,7 @@ def _dotted(node: ast.AST) -> str | None:
     return None
 
 
-def _python_calls(text: str) -> list[_Call] | None:
+def _python_calls(text: str) -> list[Call] | None:
     """`[f(a=1), g()]` (or one bare call) -> calls; None unless every item is a call with literal
     keyword arguments."""
     try:
@@ -48,7 +48,7 @@ def _python_calls(text: str) -> list[_Call] | None:
     except (SyntaxError, ValueError, MemoryError, RecursionError):
         return None
     items = tree.body.elts if isinstance(tree.body, ast.List) else [tree.body]
-    calls: list[_Call] = []
+    calls: list[Call] = []
     for item in items:
         if not isinstance(item, ast.Call) or item.args or any(kw.arg is None for kw in item.keywords):
             return None
@@ -56,7 +56,7 @@ def _python_calls(text: str) -> list[_Call] | None:
         if name is None:
             return None
         try:
-            arguments = _dumps({kw.arg: _py_value(kw.value) for kw in item.keywords})
+            arguments = dumps({kw.arg: _py_value(kw.value) for kw in item.keywords})
         except (ValueError, TypeError, RecursionError):
             return None
         if arguments is None:
@@ -73,7 +73,7 @@ class PythonicParser(ToolParser):
     quotes = "\"'"
     brackets = "([{)]}"
 
-    def _scan_block(self, buf: str, final: bool) -> _Block | None:
+    def _scan_block(self, buf: str, final: bool) -> Block | None:
         incomplete = None if not final else (len(buf), None)
         if buf.startswith(self.START):  # Llama 4: <|python_start|>[...]<|python_end|>
             close = self._find_close(buf, self.END, len(self.START))
@@ -83,12 +83,12 @@ class PythonicParser(ToolParser):
         if buf.startswith(self.END):  # the end of a <|python_start|> list already read: dropped
             return len(self.END), [] if self._calls else None
         # `[` at the start: given up as soon as it cannot be `[name(`, so that text flows again.
-        i = _skip_ws(buf, 1)
+        i = skip_ws(buf, 1)
         if i < len(buf) and not (buf[i].isalpha() or buf[i] == "_"):
             return 1, None
         while i < len(buf) and (buf[i].isalnum() or buf[i] in "_."):
             i += 1
-        i = _skip_ws(buf, i)
+        i = skip_ws(buf, i)
         if i == len(buf):
             return incomplete
         if buf[i] != "(":
@@ -100,7 +100,7 @@ class PythonicParser(ToolParser):
     def render_tools(tools: list[dict]) -> str:
         return (
             "You can call the functions below, described one JSON object a line:\n"
-            f"{_tools_json(tools)}\n\n"
+            f"{tools_json(tools)}\n\n"
             "To call functions, reply with only a Python list of calls with keyword arguments, such as "
             "[func_name1(param1=value1, param2=value2), func_name2(param=value)]. Use literal values "
             "only, no variables, and no other text when you call a function."

@@ -9,7 +9,7 @@ import math
 import re
 from typing import Any
 
-from dynamo_cli.frontend.tool_parsers_base import _Call, _dumps, _TaggedParser, _tools_json
+from dynamo_cli.frontend.tool_parsers_base import Call, TaggedParser, dumps, tools_json
 
 _FUNCTION = re.compile(r"<function=([^>\n]+)>(.*?)(?:</function>|\Z)", re.S)
 _PARAMETER = re.compile(r"<parameter=([^>\n]+)>(.*?)(?:</parameter>|(?=<parameter=)|\Z)", re.S)
@@ -52,7 +52,7 @@ def _typed(value: str, kind: str) -> tuple[bool, Any]:
                 parsed = read(text)
             except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
                 continue
-            if isinstance(parsed, wanted) and _dumps(parsed) is not None:
+            if isinstance(parsed, wanted) and dumps(parsed) is not None:
                 return True, parsed
     return False, None
 
@@ -69,13 +69,13 @@ def _convert(value: str, schema: Any) -> Any:
     return value
 
 
-class Qwen3CoderParser(_TaggedParser):
+class Qwen3CoderParser(TaggedParser):
     name = "qwen3_coder"
     OPEN, CLOSE = "<tool_call>", "</tool_call>"
     markers = (OPEN,)
 
-    def _body_calls(self, body: str, closed: bool) -> list[_Call] | None:
-        calls: list[_Call] = []
+    def _body_calls(self, body: str, closed: bool) -> list[Call] | None:
+        calls: list[Call] = []
         pos = 0
         for match in _FUNCTION.finditer(body):
             if body[pos : match.start()].strip():
@@ -97,7 +97,7 @@ class Qwen3CoderParser(_TaggedParser):
                 value = value[:-1] if value.endswith("\n") else value
                 key = param.group(1).strip()
                 args[key] = _convert(value, properties.get(key) if isinstance(properties, dict) else None)
-            arguments = _dumps(args)
+            arguments = dumps(args)
             if inner[inner_pos:].strip() or not name or arguments is None:
                 return None
             calls.append((name, arguments))
@@ -109,7 +109,7 @@ class Qwen3CoderParser(_TaggedParser):
     def render_tools(tools: list[dict]) -> str:
         return (
             "# Tools\n\nYou can call these functions, described one JSON object a line:\n<tools>\n"
-            f"{_tools_json(tools)}\n</tools>\n\n"
+            f"{tools_json(tools)}\n</tools>\n\n"
             "To call a function, reply in exactly this form, one <tool_call> block per call:\n<tool_call>\n"
             "<function=function_name>\n<parameter=parameter_name>\nvalue\n</parameter>\n"
             "<parameter=other_parameter>\na value may span\nseveral lines\n</parameter>\n</function>\n"

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from dynamo_cli.kv.region import _HDR, HEADER, TransferError
+from dynamo_cli.kv.region import HEADER, HEADER_STRUCT, TransferError
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def _new_agent(api: Any, name: str) -> Any:
 
 def _verify_header(header: bytes, desc: dict[str, Any]) -> None:
     """TransferError unless a region's header, read after its payload, still names this descriptor."""
-    if _HDR.unpack_from(header) != (desc["incarnation"], desc["generation"], desc["nbytes"]):
+    if HEADER_STRUCT.unpack_from(header) != (desc["incarnation"], desc["generation"], desc["nbytes"]):
         raise TransferError(
             f"region {desc['offset']} of {desc['agent']} was released or reused before the read ended"
         )
@@ -150,7 +150,7 @@ class NixlBackend:
         local, remote = self._base + local_off, peer["base"] + desc["offset"]
         # The payload first, then the header: a region released before the payload read ended has a
         # cleared header by the time the second read looks at it.
-        steps = [(local + HEADER, remote + HEADER, n), (local, remote, _HDR.size)]
+        steps = [(local + HEADER, remote + HEADER, n), (local, remote, HEADER_STRUCT.size)]
         try:
             # One hop to the NIXL thread in the common case: between processes of one host UCX copies
             # inside transfer(), so both reads are done when it returns.
@@ -164,8 +164,8 @@ class NixlBackend:
                 state = await self._call(self._advance, name, local_off)
         except asyncio.TimeoutError:
             raise TransferError(f"NIXL read from {name} timed out after {timeout} s") from None
-        header = bytes(self._arena[local_off : local_off + _HDR.size])
-        self._arena[local_off : local_off + _HDR.size] = 0  # our own header: never a valid region
+        header = bytes(self._arena[local_off : local_off + HEADER_STRUCT.size])
+        self._arena[local_off : local_off + HEADER_STRUCT.size] = 0  # our own header: never a valid region
         _verify_header(header, desc)
 
     def discard_local(self, local_off: int, free: Callable[[], None]) -> asyncio.Future[bool]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 
 HEADER = 64  # bytes reserved before each region's payload; also the alignment of regions
-_HDR = struct.Struct("<QQQ")  # incarnation, generation, payload bytes (0, 0, 0 once released)
+HEADER_STRUCT = struct.Struct("<QQQ")  # incarnation, generation, payload bytes (0, 0, 0 once released)
 
 
 class TransferError(Exception):

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 import numpy as np
 
-from dynamo_cli.kv.region import _HDR, HEADER, TransferError
+from dynamo_cli.kv.region import HEADER, HEADER_STRUCT, TransferError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -245,7 +245,7 @@ class KvTransferAgent:
     def stage(self, nbytes: int) -> Staged:
         """A region of `nbytes` to serve to peers; ArenaFull if there is no room."""
         region = self._new_region(nbytes)
-        _HDR.pack_into(self._arena.view, region.offset, self.incarnation, region.generation, nbytes)
+        HEADER_STRUCT.pack_into(self._arena.view, region.offset, self.incarnation, region.generation, nbytes)
         desc = {
             "agent": self.name,
             "incarnation": self.incarnation,
@@ -299,7 +299,7 @@ class KvTransferAgent:
         if region.released:
             return
         region.released = True
-        _HDR.pack_into(self._arena.view, region.offset, 0, 0, 0)  # readers now see it is gone
+        HEADER_STRUCT.pack_into(self._arena.view, region.offset, 0, 0, 0)  # readers now see it is gone
         if region.pins == 0:
             self._free(region)
 

@@ -135,6 +135,51 @@ def test_heavy_libraries_stay_in_the_engines_and_kv_transfer() -> None:
     assert not misplaced
 
 
+# Private names one module still takes from another, where the defining module may not be changed here:
+# ("importing module", "defining module", "name"). Empty today; each entry names its reason.
+PRIVATE_IMPORTS_ALLOWED: set[tuple[str, str, str]] = set()
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def _private_uses(path: Path, own: str) -> list[tuple[str, str]]:
+    """(module, name) for every private name ``path`` (module ``own``) takes from another dynamo_cli
+    module: ``from dynamo_cli.x import _y`` (in functions too) and ``x._y`` on an imported module."""
+    tree = ast.parse(path.read_text())
+    found, bound = [], {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if not node.module.startswith("dynamo_cli"):
+                continue
+            for alias in node.names:
+                if f"{node.module}.{alias.name}".removeprefix("dynamo_cli.") in MODULES:
+                    bound[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+                if _private(alias.name) and node.module.removeprefix("dynamo_cli.") != own:
+                    found.append((node.module, alias.name))
+        elif isinstance(node, ast.Import):
+            bound.update({a.asname or a.name: a.name for a in node.names if a.name.startswith("dynamo_cli")})
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and _private(node.attr):
+            module = bound.get(ast.unparse(node.value))
+            if module and module.removeprefix("dynamo_cli.") != own:
+                found.append((module, node.attr))
+    return found
+
+
+def test_no_module_takes_a_private_name_from_another() -> None:
+    """A name another module needs is public: ``from dynamo_cli.x import _y`` means ``_y`` is not private
+    (rename it) or the importer reaches into what is not its business."""
+    offenders = sorted(
+        f"{name} takes {module}.{private}"
+        for name, path in MODULES.items()
+        for module, private in _private_uses(path, name)
+        if (name, module.removeprefix("dynamo_cli."), private) not in PRIVATE_IMPORTS_ALLOWED
+    )
+    assert not offenders, "private names imported across modules:\n  " + "\n  ".join(offenders)
+
+
 @pytest.mark.parametrize("name", sorted(MODULES))
 def test_modules_stay_short(name: str) -> None:
     path = MODULES[name]
@@ -165,4 +210,20 @@ def test_the_checker_sees_an_upward_import(tmp_path: Path) -> None:
         ("dynamo_cli.roles.base.Role", True),
         ("dynamo_cli.commands", False),
         ("dynamo_cli.commands.run", False),
+    ]
+
+
+def test_the_checker_sees_a_private_name_taken(tmp_path: Path) -> None:
+    path = tmp_path / "mod.py"
+    path.write_text(
+        "import dynamo_cli.kv.region as region\n"
+        "from dynamo_cli.frontend import schemas\n"
+        "from dynamo_cli.errors import DynamoError, __all__\n"
+        "def f():\n    from dynamo_cli.frontend.http_responses import _a\n"
+        "    return region._b, schemas._c, schemas.d\n"
+    )
+    assert sorted(_private_uses(path, "mod")) == [
+        ("dynamo_cli.frontend.http_responses", "_a"),
+        ("dynamo_cli.frontend.schemas", "_c"),
+        ("dynamo_cli.kv.region", "_b"),
     ]

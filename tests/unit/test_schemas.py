@@ -101,7 +101,7 @@ def test_out_of_range_sampling_values_are_400_with_their_param(body: dict[str, A
     assert err.param == param
 
 
-# ---- _Sampling rules ---------------------------------------------------------------------------------
+# ---- Sampling rules ----------------------------------------------------------------------------------
 
 
 def test_n_is_bounded() -> None:
