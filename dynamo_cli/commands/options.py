@@ -22,6 +22,7 @@ PROFILE_KEYS = {
     "namespace": "namespace",
     "served_model_name": "served_model_name",
     "host": "frontend.host",
+    "listen": "infra.listen",
     "port": "frontend.port",
     "workers": "workers.count",
     "decode_workers": "workers.count",
@@ -75,6 +76,14 @@ ServedModelName = Annotated[
 ]
 Host = Annotated[
     Optional[str], _opt("--host", help="Frontend bind address (frontend.host; default: 127.0.0.1).")
+]
+Listen = Annotated[
+    Optional[str],
+    _opt(
+        "--listen",
+        help="Spawn etcd and NATS on this address, behind generated credentials, so that other machines "
+        "can join; prints the command they run (infra.listen; default: 127.0.0.1).",
+    ),
 ]
 Port = Annotated[Optional[int], _opt("--port", "-p", help="Frontend port (frontend.port; default: 8000).")]
 Workers = Annotated[

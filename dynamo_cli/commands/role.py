@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import tempfile
 from enum import Enum
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
 from dynamo_cli.commands import options as o
+from dynamo_cli.errors import UsageError
 
 
 class RoleName(str, Enum):
@@ -28,6 +31,9 @@ HELP = "\n\n".join(
         "prefill pulls work from the deployment's prefill queue; planner scales the worker groups of a "
         "deployment written by `dynamo deploy k8s`, from inside its cluster (a local deployment's planner "
         "runs inside `dynamo run --planner`).",
+        "Or with the URL `dynamo run --listen ADDR` printed, which carries the endpoints, their credentials "
+        "and the deployment's config:",
+        "  dynamo role worker --join 'dynamo://SECRET@head:PORT/dynamo?nats=PORT' --index 1",
         "The role uses the etcd and NATS the profile names ('auto' means the default local ports); it never "
         "spawns them. SIGINT/SIGTERM drain in-flight work, a second one exits at once.",
         o.PRECEDENCE_HELP,
@@ -43,11 +49,32 @@ def role(
     engine: o.Engine = None,
     namespace: o.Namespace = None,
     index: Annotated[int, typer.Option(help="Instance index (names logs, seeds the mocker).")] = 0,
+    join: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Join the deployment of this URL (printed by `dynamo run --listen`): its etcd, NATS "
+            "and config; --set and the flags still apply on top.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> int:
     from dynamo_cli.config.loader import load_config
     from dynamo_cli.roles.runner import run_role
 
-    cfg = load_config(
-        profile, sets=sets, flags=o.profile_flags(model=model, engine=engine, namespace=namespace)
-    )
+    flags = o.profile_flags(model=model, engine=engine, namespace=namespace)
+    if join is None:
+        return run_role(name.value, load_config(profile, sets=sets, flags=flags), index)
+    if profile is not None:
+        raise UsageError(
+            "--join brings the deployment's own profile; a PROFILE cannot be given with it.",
+            "Leave out the profile, and change single keys with --set.",
+        )
+    from dynamo_cli.deployment.join import fetch_config
+
+    text = fetch_config(join)
+    with tempfile.TemporaryDirectory(prefix="dynamo-join-") as tmp:
+        path = Path(tmp) / "deployment.yaml"
+        path.touch(mode=0o600)  # it holds the credentials
+        path.write_text(text)
+        cfg = load_config(str(path), sets=sets, flags=flags)
     return run_role(name.value, cfg, index)

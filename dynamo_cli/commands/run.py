@@ -39,6 +39,7 @@ def run(
     served_model_name: o.ServedModelName = None,
     host: o.Host = None,
     port: o.Port = None,
+    listen: o.Listen = None,
     workers: o.Workers = None,
     router_mode: o.RouterMode = None,
     speedup: o.Speedup = None,
@@ -61,7 +62,7 @@ def run(
 
     flags = o.profile_flags(
         model=model, engine=engine, namespace=namespace, served_model_name=served_model_name, host=host,
-        port=port, workers=workers, decode_workers=decode_workers, router_mode=router_mode,
+        port=port, listen=listen, workers=workers, decode_workers=decode_workers, router_mode=router_mode,
         speedup=speedup, gpus=gpus, prefill_workers=prefill_workers, prefill_gpus=prefill_gpus,
         prefill_tp=prefill_tp, decode_tp=decode_tp, remote_prefill=remote_prefill, planner=planner,
         tool_call_parser=tool_call_parser, reasoning_parser=reasoning_parser,

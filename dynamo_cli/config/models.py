@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from dynamo_cli.config.gpus import parse_gpu_list
 from dynamo_cli.config.keys import underscored
 
 
@@ -16,24 +16,6 @@ class _Model(BaseModel):
 
 EngineName = Literal["mocker", "vllm"]
 RouterMode = Literal["kv", "round-robin", "random", "least-loaded"]
-
-_GPU_LIST = re.compile(r"^\s*\d+(\s*-\s*\d+)?(\s*,\s*\d+(\s*-\s*\d+)?)*\s*$")
-
-
-def parse_gpu_list(spec: str) -> list[int]:
-    """'0-3,6' -> [0, 1, 2, 3, 6]."""
-    if not _GPU_LIST.match(spec):
-        raise ValueError(f"'{spec}' is not a GPU list; use e.g. '0-3' or '0,2,5'")
-    out: list[int] = []
-    for part in spec.split(","):
-        lo, _, hi = part.strip().partition("-")
-        a, b = int(lo), int(hi or lo)
-        if b < a:
-            raise ValueError(f"GPU range '{part.strip()}' goes backwards")
-        out.extend(range(a, b + 1))
-    if len(set(out)) != len(out):
-        raise ValueError(f"GPU list '{spec}' names a GPU twice")
-    return out
 
 
 class InfraConfig(_Model):
@@ -49,6 +31,11 @@ class InfraConfig(_Model):
     )
     lease_ttl_s: int = Field(
         10, ge=2, le=300, description="Discovery lease TTL; a dead process vanishes after it."
+    )
+    listen: str = Field(
+        "127.0.0.1",
+        description="Where a spawned etcd and NATS listen. Another address lets other machines join "
+        "(`dynamo run` prints how); both servers then require credentials it generates.",
     )
 
 

@@ -15,8 +15,9 @@ from typing import Any
 import yaml
 
 from dynamo_cli import __version__
+from dynamo_cli.config.gpus import parse_gpu_list
 from dynamo_cli.config.loader import dump_config
-from dynamo_cli.config.models import DynamoConfig, Group, WorkerGroupConfig, parse_gpu_list
+from dynamo_cli.config.models import DynamoConfig, Group, WorkerGroupConfig
 from dynamo_cli.errors import UsageError
 from dynamo_cli.transport.ports import ETCD_PORT, NATS_PORT
 

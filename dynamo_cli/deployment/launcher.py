@@ -20,10 +20,18 @@ from dynamo_cli.config.checks import disagg_findings
 from dynamo_cli.config.models import DynamoConfig
 from dynamo_cli.console import Sink
 from dynamo_cli.deployment.deaths import DeathNotices
+from dynamo_cli.deployment.join import LOOPBACKS, join_url, new_secret, publish_config
 from dynamo_cli.deployment.scaling import WorkerGroup, role_argv, worker_groups
-from dynamo_cli.deployment.servers import ServerPlan, etcd_version, nats_info, plan_etcd, plan_nats
+from dynamo_cli.deployment.servers import (
+    ServerPlan,
+    enable_etcd_auth,
+    etcd_version,
+    nats_info,
+    plan_etcd,
+    plan_nats,
+)
 from dynamo_cli.deployment.supervisor import ProcessSpec, Supervisor
-from dynamo_cli.errors import StartupError
+from dynamo_cli.errors import StartupError, UsageError
 from dynamo_cli.lifecycle import install_signal_handlers, run_async
 from dynamo_cli.models.resolve import ResolvedModel, read_model_info, resolve_model
 
@@ -83,6 +91,16 @@ async def _wait_healthy(url: str, timeout: float) -> dict[str, Any]:
             await asyncio.sleep(0.02)
 
 
+def _spawned(setting: str, name: str, secret: str | None) -> str:
+    """With credentials to set up (--listen), the server must be one this run spawns."""
+    if secret is None or setting in ("auto", "spawn"):
+        return "spawn" if secret is not None else setting
+    raise UsageError(
+        f"infra.listen applies to the {name} `dynamo run` spawns, and infra.{name} names one to use.",
+        f"Leave infra.{name} at auto (it then spawns one on the listen address), or leave out --listen.",
+    )
+
+
 class Launcher:
     def __init__(self, cfg: DynamoConfig, out: Sink):
         self.cfg = cfg
@@ -103,7 +121,12 @@ class Launcher:
         context = read_model_info(model.path).context_length
         for finding in disagg_findings(cfg, context):
             out.warn(finding.message, finding.hint)
-        plans = [plan_etcd(cfg.infra.etcd, self.workdir), plan_nats(cfg.infra.nats, self.workdir)]
+        listen = cfg.infra.listen
+        secret = None if listen in LOOPBACKS else new_secret()
+        plans = [
+            plan_etcd(_spawned(cfg.infra.etcd, "etcd", secret), self.workdir, listen, secret),
+            plan_nats(_spawned(cfg.infra.nats, "nats", secret), self.workdir, listen, secret),
+        ]
         spawned = [p for p in plans if p.spawn]
         for p in plans:
             out.say(f"{p.name}: {'spawning a local server at' if p.spawn else 'using'} {p.url}")
@@ -112,15 +135,27 @@ class Launcher:
         await asyncio.gather(
             *(self.sup.start(_server_spec(p, restarts), timeout=min(timeout, 30)) for p in spawned)
         )
+        if secret is not None:
+            await asyncio.to_thread(enable_etcd_auth, plans[0].url, secret)
         resolved = cfg.model_copy(deep=True)
-        resolved.infra.etcd, resolved.infra.nats = plans[0].url, plans[1].url
-        await self.deaths.connect(plans[1].url)
+        resolved.infra.etcd, resolved.infra.nats = plans[0].client_url, plans[1].client_url
+        await self.deaths.connect(plans[1].client_url)
         self.sup.on_death = self.deaths
         if out.json_output:
             self.sup.on_restart = lambda c: out.event("restarted", {"processes": {c.spec.name: c.pid}})
         resolved.model, resolved.served_model_name = str(model.path), model.name
         config_path = self.workdir / "config.yaml"
+        config_path.touch(mode=0o600)  # it holds the servers' credentials when there are any
         config_path.write_text(yaml.safe_dump(resolved.model_dump(mode="json"), sort_keys=False))
+        join = None
+        if secret is not None:  # what another machine needs: these endpoints, the model as the user named it
+            shared = cfg.model_copy(deep=True)
+            shared.infra = resolved.infra.model_copy()
+            shared.served_model_name = model.name
+            await asyncio.to_thread(publish_config, shared)
+            etcd_port, nats_port = urlparse(plans[0].url).port, urlparse(plans[1].url).port
+            assert etcd_port is not None and nats_port is not None
+            join = join_url(listen, etcd_port, nats_port, secret, cfg.namespace)
         groups = worker_groups(resolved)
         specs = role_specs(resolved, config_path, self.workdir, groups)
         with out.status(f"Starting {len(specs)} role process(es)..."):
@@ -139,6 +174,20 @@ class Launcher:
             f"[bold green]Ready[/] in {elapsed:.2f} s: {self.url}/v1 serving [bold]{model.name}[/] "
             f"with {workers}, engine {cfg.engine}, router {cfg.router.mode}; Ctrl-C stops."
         )
+        if join is not None:
+            roles = ["decode", "prefill"] if cfg.disaggregated else ["worker"]
+            index = {
+                "decode": cfg.workers.size,
+                "worker": cfg.workers.size,
+                "prefill": cfg.prefill_workers.size,
+            }
+            lines = "\n".join(f"  dynamo role {r} --join '{join}' --index {index[r]}" for r in roles)
+            out.say(
+                "Other machines join with (one --index each, counting up; the URL is a credential):\n"
+                + lines,
+                markup=False,
+                soft_wrap=True,  # whole lines: commands to copy
+            )
         if cfg.planner.enabled:
             from dynamo_cli.deployment.local_planner import LocalPlanner
 
@@ -167,6 +216,7 @@ class Launcher:
                     "ready_s": round(elapsed, 3),
                     "etcd": plans[0].url,
                     "nats": plans[1].url,
+                    "join": join,
                     "processes": {c.spec.name: c.pid for c in self.sup.children},
                     "roles": {c.spec.name: c.ready_info for c in self.sup.children if c.ready_info},
                 },

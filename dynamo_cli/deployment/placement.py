@@ -6,7 +6,8 @@ import os
 import shutil
 import subprocess
 
-from dynamo_cli.config.models import WorkerGroupConfig, parse_gpu_list
+from dynamo_cli.config.gpus import parse_gpu_list
+from dynamo_cli.config.models import WorkerGroupConfig
 from dynamo_cli.errors import UsageError
 
 

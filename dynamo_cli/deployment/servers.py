@@ -16,6 +16,8 @@ import orjson
 from dynamo_cli.errors import StartupError
 from dynamo_cli.transport.ports import DEFAULT_ETCD, DEFAULT_NATS, ETCD_PORT, NATS_PORT, free_port
 
+LOOPBACK = "127.0.0.1"
+
 
 def _host_port(url: str, default_port: int) -> tuple[str, int]:
     u = urlparse(url if "://" in url else f"tcp://{url}")
@@ -81,9 +83,13 @@ class ServerPlan:
     """A server to use: either an existing one (argv empty) or one to spawn."""
 
     name: str
-    url: str
+    url: str  # where it serves, without credentials (shown to people)
     argv: list[str] = field(default_factory=list)
     data_dir: str | None = None
+    client_url: str = ""  # what clients connect to: ``url`` with the credentials, if any
+
+    def __post_init__(self) -> None:
+        self.client_url = self.client_url or self.url
 
     @property
     def spawn(self) -> bool:
@@ -172,18 +178,22 @@ def _carry_out(choice: Choice) -> Path | None:
     return choice.binary
 
 
-def plan_etcd(setting: str, workdir: Path) -> ServerPlan:
+def plan_etcd(
+    setting: str, workdir: Path, listen: str = "127.0.0.1", secret: str | None = None
+) -> ServerPlan:
+    """``listen``: the address a spawned etcd serves clients on; with ``secret``, its clients log in as
+    root with that password (``enable_etcd_auth`` turns auth on once it runs)."""
     choice = choose_etcd(setting)
     binary = _carry_out(choice)
     if binary is None:
         assert choice.url is not None
         return ServerPlan("etcd", choice.url)
-    port = free_port()
+    port = free_port(listen)
     peer = free_port()
     while peer == port:
         peer = free_port()
     data_dir = tempfile.mkdtemp(prefix="etcd-", dir=workdir)
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://{_host(listen)}:{port}"
     peer_url = f"http://127.0.0.1:{peer}"
     argv = [
         str(binary), "--name", "dynamo", "--data-dir", data_dir,
@@ -191,17 +201,53 @@ def plan_etcd(setting: str, workdir: Path) -> ServerPlan:
         "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
         "--initial-cluster", f"dynamo={peer_url}",
         "--heartbeat-interval", "10", "--election-timeout", "100", "--log-level", "warn",
+        "--auth-token-ttl", "86400",
     ]  # fmt: skip
-    return ServerPlan("etcd", url, argv, data_dir)
+    client_url = url if secret is None else f"http://root:{secret}@{_host(listen)}:{port}"
+    return ServerPlan("etcd", url, argv, data_dir, client_url=client_url)
 
 
-def plan_nats(setting: str, workdir: Path) -> ServerPlan:
+def plan_nats(
+    setting: str, workdir: Path, listen: str = "127.0.0.1", secret: str | None = None
+) -> ServerPlan:
+    """``listen``: the address a spawned NATS serves clients on; with ``secret``, clients must give it
+    as their token."""
     choice = choose_nats(setting)
     binary = _carry_out(choice)
     if binary is None:
         assert choice.url is not None
         return ServerPlan("nats", choice.url)
-    port = free_port()
+    port = free_port(listen)
     data_dir = tempfile.mkdtemp(prefix="nats-", dir=workdir)
-    argv = [str(binary), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", data_dir]
-    return ServerPlan("nats", f"nats://127.0.0.1:{port}", argv, data_dir)
+    argv = [str(binary), "-a", listen, "-p", str(port), "-js", "-sd", data_dir]
+    if secret is not None:
+        argv += ["--auth", secret]
+    url = f"nats://{_host(listen)}:{port}"
+    client_url = url if secret is None else f"nats://{secret}@{_host(listen)}:{port}"
+    return ServerPlan("nats", url, argv, data_dir, client_url=client_url)
+
+
+def _host(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
+
+
+def enable_etcd_auth(url: str, secret: str, timeout: float = 5.0) -> None:
+    """Turn on auth in an etcd we spawned: a root user with ``secret`` as its password. From then on
+    every client logs in (the endpoints we hand out carry the credentials)."""
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via HTTP_PROXY
+    calls = [
+        ("user/add", {"name": "root", "password": secret}),
+        ("user/grant", {"user": "root", "role": "root"}),
+        ("enable", {}),
+    ]
+    for path, body in calls:
+        req = urllib.request.Request(
+            f"{url}/v3/auth/{path}", data=orjson.dumps(body), headers={"content-type": "application/json"}
+        )
+        try:
+            with opener.open(req, timeout=timeout) as reply:
+                reply.read()
+        except OSError as e:
+            raise StartupError(f"could not turn on etcd's auth ({path}): {e}") from e

@@ -7,7 +7,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from dynamo_cli.config.models import WorkerGroupConfig, parse_gpu_list
+from dynamo_cli.config.gpus import parse_gpu_list
+from dynamo_cli.config.models import WorkerGroupConfig
 from dynamo_cli.doctor.checks import Context, Result
 from dynamo_cli.errors import UsageError
 

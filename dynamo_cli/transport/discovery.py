@@ -17,12 +17,12 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlparse
 
 import orjson
 
 from dynamo_cli.errors import StartupError
-from dynamo_cli.transport.ports import ETCD_PORT
+from dynamo_cli.transport import etcd_gateway as gateway
+from dynamo_cli.transport.etcd_gateway import etcd_credentials, http_base, parse_etcd_endpoint
 
 logger = logging.getLogger(__name__)
 
@@ -75,11 +75,6 @@ def _key_prefix(namespace: str, component: str) -> str:
     return f"dynamo/{namespace}/{component}/"
 
 
-def parse_etcd_endpoint(endpoint: str) -> tuple[str, int]:
-    url = urlparse(endpoint if "://" in endpoint else f"http://{endpoint}")
-    return url.hostname or "127.0.0.1", url.port or ETCD_PORT
-
-
 class LeaseKeeper(threading.Thread):
     """Keeps one etcd lease alive from its own thread, over etcd's JSON gateway (plain HTTP, no gRPC),
     so a stalled event loop cannot cost the process its lease. ``on_lost`` is called (from this thread)
@@ -87,7 +82,8 @@ class LeaseKeeper(threading.Thread):
 
     def __init__(self, endpoint: str, lease_id: int, ttl: int, on_lost: Callable[[], object]):
         super().__init__(name=f"etcd-lease-{lease_id:x}", daemon=True)
-        self.url = _http_base(endpoint) + "/v3/lease/keepalive"
+        self.endpoint = endpoint
+        self.url = http_base(endpoint) + "/v3/lease/keepalive"
         self.lease_id = lease_id
         self.interval = max(ttl / 3, 0.5)
         self.on_lost = on_lost
@@ -98,14 +94,18 @@ class LeaseKeeper(threading.Thread):
         body = json.dumps({"ID": self.lease_id}).encode()
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via HTTP_PROXY
         failures = 0
+        token: str | None = None
         while not self.stopped.wait(self.interval):
             try:
-                req = urllib.request.Request(
-                    self.url, data=body, headers={"content-type": "application/json"}
-                )
+                headers = {"content-type": "application/json"}
+                if etcd_credentials(self.endpoint) is not None:  # etcd with auth: a token first
+                    token = token or gateway.token(self.endpoint, self.interval)
+                    headers["authorization"] = token or ""
+                req = urllib.request.Request(self.url, data=body, headers=headers)
                 with opener.open(req, timeout=self.interval) as reply:
                     result = json.loads(reply.read()).get("result", {})
             except Exception as e:
+                token = None  # an expired token is taken anew
                 failures += 1
                 logger.warning("etcd lease refresh failed (%d in a row): %s", failures, e)
                 continue
@@ -119,11 +119,6 @@ class LeaseKeeper(threading.Thread):
 
     def stop(self) -> None:
         self.stopped.set()
-
-
-def _http_base(endpoint: str) -> str:
-    host, port = parse_etcd_endpoint(endpoint)
-    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
 
 class EtcdDiscovery(Discovery):
@@ -186,7 +181,11 @@ class EtcdDiscovery(Discovery):
         import aetcd  # grpc is slow to import; only processes that use discovery pay for it
 
         host, port = parse_etcd_endpoint(endpoint)
-        client = aetcd.Client(host=host, port=port, timeout=timeout, connect_wait_timeout=int(timeout))
+        user, password = etcd_credentials(endpoint) or (None, None)
+        client = aetcd.Client(
+            host=host, port=port, username=user, password=password, timeout=timeout,
+            connect_wait_timeout=int(timeout),
+        )  # fmt: skip
         try:
             await asyncio.wait_for(client.connect(), timeout)
             lease = await asyncio.wait_for(client.lease(ttl), timeout)
@@ -194,7 +193,7 @@ class EtcdDiscovery(Discovery):
             with contextlib.suppress(Exception):
                 await client.close()
             raise StartupError(
-                f"cannot reach etcd at {endpoint} ({type(e).__name__})",
+                f"cannot reach etcd at {host}:{port} ({type(e).__name__})",
                 hint="start etcd there, or let `dynamo run` spawn one (infra.etcd: auto)",
             ) from e
         return cls(client, endpoint, namespace, lease, ttl, reregister=reregister)

@@ -31,6 +31,7 @@ import nats
 from nats.aio.msg import Msg
 
 from dynamo_cli.errors import NoRespondersError, RemoteError, RequestError
+from dynamo_cli.transport.ports import without_secret
 from dynamo_cli.transport.response_stream import (
     ACK,
     DATA,
@@ -328,4 +329,4 @@ async def connect_nats(url: str, *, name: str, timeout: float = 5.0) -> nats.NAT
     try:
         return await asyncio.wait_for(connect, timeout)
     except (asyncio.TimeoutError, OSError, nats.errors.Error) as e:
-        raise RequestError(f"cannot reach NATS at {url}") from e
+        raise RequestError(f"cannot reach NATS at {without_secret(url)}") from e

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dynamo_cli.config.gpus import parse_gpu_list
 from dynamo_cli.config.loader import (
     builtin_profiles,
     dump_config,
@@ -16,7 +17,7 @@ from dynamo_cli.config.loader import (
     parse_set,
     profiles_dir,
 )
-from dynamo_cli.config.models import DynamoConfig, parse_gpu_list
+from dynamo_cli.config.models import DynamoConfig
 from dynamo_cli.errors import ConfigError, UsageError
 
 

@@ -1,0 +1,137 @@
+"""One deployment across two hosts: this machine's network stack and a network namespace the test makes,
+joined by a veth pair with addresses of their own. The head runs `dynamo run --listen` on its end;
+the second host joins with the command the head printed."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from dynamo_cli.deployment.handle import start
+from dynamo_cli.deployment.join import endpoints
+from dynamo_cli.deployment.servers import nats_info
+from dynamo_cli.transport import etcd_gateway
+from tests.e2e.helpers import scrape, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+@dataclass
+class Link:
+    namespace: str  # the second host
+    head: str  # the address of this end
+    other: str  # the address inside the namespace
+
+
+def _ip(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
+
+
+@pytest.fixture
+def link() -> Iterator[Link]:
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces need root")
+    tag = f"{os.getpid() % 10000}{random.randrange(100):02d}"
+    ns, here, there = f"dyn-t{tag}", f"vdh{tag}", f"vdj{tag}"
+    subnet = f"10.{random.randrange(64, 250)}.{random.randrange(1, 250)}"
+    made = _ip("netns", "add", ns)
+    if made.returncode != 0:
+        pytest.skip(f"cannot make a network namespace here: {made.stderr.strip()}")
+    try:
+        for step in (
+            ["link", "add", here, "type", "veth", "peer", "name", there],
+            ["link", "set", there, "netns", ns],
+            ["addr", "add", f"{subnet}.1/24", "dev", here],
+            ["link", "set", here, "up"],
+            ["-n", ns, "addr", "add", f"{subnet}.2/24", "dev", there],
+            ["-n", ns, "link", "set", there, "up"],
+            ["-n", ns, "link", "set", "lo", "up"],
+        ):
+            done = _ip(*step)
+            assert done.returncode == 0, (step, done.stderr)
+        yield Link(ns, f"{subnet}.1", f"{subnet}.2")
+    finally:
+        _ip("link", "del", here)  # takes its peer with it
+        _ip("netns", "del", ns)
+
+
+def test_a_second_host_joins_with_the_printed_command_and_its_death_loses_nothing(
+    link: Link, tmp_path: Path
+) -> None:
+    dep = start(tmp_path, "agg", "--engine", "mocker", "--workers", "1", "--speedup", "1",
+                "--listen", link.head)  # fmt: skip
+    joiner = None
+    log = (tmp_path / "joiner.log").open("w")
+    try:
+        join = dep.ready["join"]
+        assert join.startswith("dynamo://") and f"@{link.head}:" in join
+        assert f"--join '{join}' --index 1" in dep.log_text()  # the command printed for people
+        assert dep.ready["nats"].startswith(f"nats://{link.head}:")  # shown without the credentials
+        # Neither server serves a client without the credentials.
+        assert nats_info(dep.ready["nats"])["auth_required"] is True
+        with pytest.raises(OSError):
+            etcd_gateway.get(dep.ready["etcd"], "dyn/dynamo/deployment/config")
+        assert etcd_gateway.get(endpoints(join)[0], "dyn/dynamo/deployment/config") is not None
+        # Without the credentials, the head's NATS refuses the second host.
+        bare = subprocess.run(
+            ["ip", "netns", "exec", link.namespace, sys.executable, "-m", "dynamo_cli", "role", "worker",
+             "--join", join.replace(join.split("//", 1)[1].split("@", 1)[0], "wrong"), "--index", "1"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert bare.returncode == 2 and "Cannot read the deployment's config" in bare.stderr, bare.stderr
+        joiner = subprocess.Popen(
+            ["ip", "netns", "exec", link.namespace, sys.executable, "-m", "dynamo_cli", "role", "worker",
+             "--join", join, "--index", "1"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        wait_for(
+            lambda: httpx.get(dep.url + "/health", timeout=5).json().get("workers") == 2,
+            120,
+            "the second host's worker to join",
+        )
+        client = openai.OpenAI(base_url=dep.base_url, api_key="x", max_retries=0, timeout=120)
+        started = [0]
+
+        def stream(i: int) -> tuple[str, int]:
+            chunks = client.chat.completions.create(
+                model=dep.model, messages=[{"role": "user", "content": f"Tell story {i}."}],
+                max_tokens=300, temperature=0, stream=True, stream_options={"include_usage": True},
+                extra_body={"ignore_eos": True},
+            )  # fmt: skip
+            finish, tokens, first = "", 0, True
+            for c in chunks:
+                if c.choices and c.choices[0].delta.content and first:
+                    first = False
+                    started[0] += 1
+                if c.choices and c.choices[0].finish_reason:
+                    finish = c.choices[0].finish_reason
+                if c.usage is not None:
+                    tokens = c.usage.completion_tokens
+            return finish, tokens
+
+        with ThreadPoolExecutor(6) as pool:
+            futures = [pool.submit(stream, i) for i in range(6)]
+            wait_for(lambda: started[0] == 6, 60, "six streams to start on both hosts")
+            os.killpg(joiner.pid, signal.SIGKILL)  # the second host dies: no launcher there to tell anyone
+            results = [f.result(timeout=120) for f in futures]
+        assert results == [("length", 300)] * 6
+        metrics = scrape(dep.url + "/metrics")
+        moved = metrics[f'dynamo_frontend_migrations_total{{model="{dep.model}",reason="idle_timeout"}}']
+        assert moved == 3, {k: v for k, v in metrics.items() if "migrat" in k}
+    finally:
+        if joiner is not None and joiner.poll() is None:
+            os.killpg(joiner.pid, signal.SIGKILL)
+            joiner.wait(10)
+        log.close()
+        dep.stop()
