@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
 from dynamo_cli.commands import options as o
+from dynamo_cli.errors import UsageError
 
 HELP = f"""Check in seconds whether this machine can run a profile, and say what to do if not.
 
@@ -29,6 +30,8 @@ Examples:
 
   dynamo doctor ./my-profile.yaml --set infra.etcd=http://head:2379
 
+  dynamo doctor --join 'dynamo://SECRET@head:PORT/dynamo?nats=PORT'   # before joining a deployment
+
   dynamo doctor --json | jq '.checks[] | select(.status != "PASS")'
 
 {o.PRECEDENCE_HELP}
@@ -45,6 +48,14 @@ def doctor(
     port: o.Port = None,
     gpus: o.Gpus = None,
     prefill_gpus: o.PrefillGpus = None,
+    join: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Check this machine against the deployment of this join URL (printed by `dynamo run "
+            "--listen`): its etcd and NATS with their credentials, and its config.",
+            show_default=False,
+        ),
+    ] = None,
     json_output: o.Json = False,
 ) -> int:
     from dynamo_cli.config.loader import load_config
@@ -53,7 +64,17 @@ def doctor(
     from dynamo_cli.doctor.render import render
 
     flags = o.profile_flags(model=model, engine=engine, port=port, gpus=gpus, prefill_gpus=prefill_gpus)
-    cfg = load_config(profile, sets=sets, flags=flags)
+    if join is None:
+        cfg = load_config(profile, sets=sets, flags=flags)
+    else:
+        from dynamo_cli.deployment.join import load_joined
+
+        if profile != "agg":
+            raise UsageError(
+                "--join checks against the deployment's own profile; a PROFILE cannot be given with it.",
+                "Leave out the profile.",
+            )
+        cfg, profile = load_joined(join, sets, flags), "joined deployment"
     report = diagnose(cfg)
     if json_output:
         emit_json({"profile": profile, **report.as_dict()})

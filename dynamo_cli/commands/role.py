@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import tempfile
 from enum import Enum
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -69,12 +67,6 @@ def role(
             "--join brings the deployment's own profile; a PROFILE cannot be given with it.",
             "Leave out the profile, and change single keys with --set.",
         )
-    from dynamo_cli.deployment.join import fetch_config
+    from dynamo_cli.deployment.join import load_joined
 
-    text = fetch_config(join)
-    with tempfile.TemporaryDirectory(prefix="dynamo-join-") as tmp:
-        path = Path(tmp) / "deployment.yaml"
-        path.touch(mode=0o600)  # it holds the credentials
-        path.write_text(text)
-        cfg = load_config(str(path), sets=sets, flags=flags)
-    return run_role(name.value, cfg, index)
+    return run_role(name.value, load_joined(join, sets, flags), index)

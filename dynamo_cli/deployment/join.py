@@ -9,6 +9,9 @@ with it. The URL is a credential: whoever has it can join (and read the config).
 from __future__ import annotations
 
 import secrets
+import tempfile
+from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlparse
 
 import yaml
@@ -16,8 +19,6 @@ import yaml
 from dynamo_cli.config.models import DynamoConfig
 from dynamo_cli.errors import UsageError
 from dynamo_cli.transport import etcd_gateway as gateway
-
-LOOPBACKS = ("127.0.0.1", "localhost", "::1")
 
 
 def new_secret() -> str:
@@ -72,3 +73,15 @@ def fetch_config(url: str) -> str:
             "Is `dynamo run --listen` still running?",
         )
     return text.decode()
+
+
+def load_joined(url: str, sets: list[str] | None, flags: dict[str, Any]) -> DynamoConfig:
+    """The config of the deployment behind a join URL, with ``sets`` and ``flags`` on top."""
+    from dynamo_cli.config.loader import load_config
+
+    text = fetch_config(url)
+    with tempfile.TemporaryDirectory(prefix="dynamo-join-") as tmp:
+        path = Path(tmp) / "deployment.yaml"
+        path.touch(mode=0o600)  # it holds the credentials
+        path.write_text(text)
+        return load_config(str(path), sets=sets, flags=flags)

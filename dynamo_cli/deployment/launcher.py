@@ -20,7 +20,7 @@ from dynamo_cli.config.checks import disagg_findings
 from dynamo_cli.config.models import DynamoConfig
 from dynamo_cli.console import Sink
 from dynamo_cli.deployment.deaths import DeathNotices
-from dynamo_cli.deployment.join import LOOPBACKS, join_url, new_secret, publish_config
+from dynamo_cli.deployment.join import join_url, new_secret, publish_config
 from dynamo_cli.deployment.scaling import WorkerGroup, role_argv, worker_groups
 from dynamo_cli.deployment.servers import (
     ServerPlan,
@@ -34,6 +34,7 @@ from dynamo_cli.deployment.supervisor import ProcessSpec, Supervisor
 from dynamo_cli.errors import StartupError, UsageError
 from dynamo_cli.lifecycle import install_signal_handlers, run_async
 from dynamo_cli.models.resolve import ResolvedModel, read_model_info, resolve_model
+from dynamo_cli.transport.ports import LOOPBACKS
 
 if TYPE_CHECKING:
     from dynamo_cli.deployment.local_planner import LocalPlanner

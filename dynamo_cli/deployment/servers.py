@@ -9,14 +9,21 @@ import sysconfig
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import orjson
 
 from dynamo_cli.errors import StartupError
-from dynamo_cli.transport.ports import DEFAULT_ETCD, DEFAULT_NATS, ETCD_PORT, NATS_PORT, free_port
-
-LOOPBACK = "127.0.0.1"
+from dynamo_cli.transport import etcd_gateway as gateway
+from dynamo_cli.transport.etcd_gateway import etcd_credentials
+from dynamo_cli.transport.ports import (
+    DEFAULT_ETCD,
+    DEFAULT_NATS,
+    ETCD_PORT,
+    NATS_PORT,
+    free_port,
+    without_secret,
+)
 
 
 def _host_port(url: str, default_port: int) -> tuple[str, int]:
@@ -58,6 +65,23 @@ def nats_info(url: str, timeout: float = 0.5) -> dict | None:
         return orjson.loads(line[5:])
     except orjson.JSONDecodeError:
         return None
+
+
+def nats_login(url: str, timeout: float = 0.5) -> str | None:
+    """Log in to the NATS server at ``url`` with the token it carries: None when it takes it, else
+    what the server said."""
+    host, port = _host_port(url, NATS_PORT)
+    token = unquote(urlparse(url).username or "")
+    hello = orjson.dumps({"auth_token": token, "verbose": False, "pedantic": False, "protocol": 1})
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            s.settimeout(timeout)
+            s.recv(8192)  # INFO
+            s.sendall(b"CONNECT " + hello + b"\r\nPING\r\n")
+            answer = s.recv(8192).decode(errors="replace").strip()
+    except OSError as e:
+        return str(e)
+    return None if answer.startswith("PONG") else answer.split("\r\n", 1)[0]
 
 
 def find_etcd() -> Path | None:
@@ -118,9 +142,19 @@ def choose_etcd(setting: str, timeout: float = 0.5) -> Choice:
         if version is None:
             return Choice(
                 "etcd",
-                failure=f"etcd at {setting} (infra.etcd) does not answer",
+                failure=f"etcd at {without_secret(setting)} (infra.etcd) does not answer",
                 hint="start it, or set infra.etcd: auto to use or spawn a local one",
             )
+        if etcd_credentials(setting) is not None:
+            try:
+                gateway.token(setting, timeout)
+            except OSError as e:
+                return Choice(
+                    "etcd",
+                    version=version,
+                    failure=f"etcd at {without_secret(setting)} refuses the credentials of infra.etcd ({e})",
+                    hint="copy the join URL again from the head's output (`dynamo run --listen`)",
+                )
         return Choice("etcd", setting, version)
     if setting == "auto" and (version := etcd_version(DEFAULT_ETCD, timeout=timeout)):
         return Choice("etcd", DEFAULT_ETCD, version)
@@ -143,7 +177,7 @@ def choose_nats(setting: str, timeout: float = 0.5) -> Choice:
         if info is None:
             return Choice(
                 "nats",
-                failure=f"NATS at {setting} (infra.nats) does not answer",
+                failure=f"NATS at {without_secret(setting)} (infra.nats) does not answer",
                 hint="start it with -js, or set infra.nats: auto to use or spawn a local one",
             )
         version = str(info.get("version", "?"))
@@ -151,8 +185,15 @@ def choose_nats(setting: str, timeout: float = 0.5) -> Choice:
             return Choice(
                 "nats",
                 version=version,
-                failure=f"NATS {version} at {setting} runs without JetStream",
+                failure=f"NATS {version} at {without_secret(setting)} runs without JetStream",
                 hint="restart it with -js (the prefill queue and KV events need JetStream)",
+            )
+        if info.get("auth_required") and (refused := nats_login(setting, timeout)) is not None:
+            return Choice(
+                "nats",
+                version=version,
+                failure=f"NATS at {without_secret(setting)} refuses this client: {refused}",
+                hint="give the token in infra.nats (nats://TOKEN@host:port), as the join URL does",
             )
         return Choice("nats", setting, version)
     why = ""
@@ -187,7 +228,7 @@ def plan_etcd(
     binary = _carry_out(choice)
     if binary is None:
         assert choice.url is not None
-        return ServerPlan("etcd", choice.url)
+        return ServerPlan("etcd", without_secret(choice.url), client_url=choice.url)
     port = free_port(listen)
     peer = free_port()
     while peer == port:
@@ -216,7 +257,7 @@ def plan_nats(
     binary = _carry_out(choice)
     if binary is None:
         assert choice.url is not None
-        return ServerPlan("nats", choice.url)
+        return ServerPlan("nats", without_secret(choice.url), client_url=choice.url)
     port = free_port(listen)
     data_dir = tempfile.mkdtemp(prefix="nats-", dir=workdir)
     argv = [str(binary), "-a", listen, "-p", str(port), "-js", "-sd", data_dir]

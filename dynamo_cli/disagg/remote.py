@@ -26,6 +26,7 @@ from dynamo_cli.kv.hashing import sequence_block_hashes
 from dynamo_cli.transport import prefill_queue as pq
 from dynamo_cli.transport.discovery import DiscoveryEvent, EtcdDiscovery
 from dynamo_cli.transport.messaging import NatsRequestPlane
+from dynamo_cli.transport.ports import advertised_host
 from dynamo_cli.transport.wire import EngineRequest, KvEvent
 from dynamo_cli.transport.workers import InstanceSet
 
@@ -73,7 +74,10 @@ async def open_transfer(cfg: DynamoConfig, name: str) -> Any:
     from dynamo_cli.kv.transfer import KvTransferAgent
 
     return await KvTransferAgent.create(
-        name, backend=cfg.disagg.transfer, arena_bytes=cfg.disagg.transfer_arena_mib << 20
+        name,
+        backend=cfg.disagg.transfer,
+        arena_bytes=cfg.disagg.transfer_arena_mib << 20,
+        host=advertised_host(cfg.infra.nats, cfg.frontend.host),  # the TCP path, across machines too
     )
 
 

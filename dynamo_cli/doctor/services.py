@@ -13,7 +13,7 @@ from pathlib import Path
 
 from dynamo_cli.deployment.servers import Choice, choose_etcd, choose_nats
 from dynamo_cli.doctor.checks import Context, Result
-from dynamo_cli.transport.ports import DEFAULT_ETCD, DEFAULT_NATS
+from dynamo_cli.transport.ports import DEFAULT_ETCD, DEFAULT_NATS, without_secret
 
 PROBE_S = 0.5  # per connection: a loopback server answers in microseconds
 _ETCD_BUGGY = ("3.5.0", "3.5.1", "3.5.2")  # a known data-inconsistency bug
@@ -35,6 +35,7 @@ def _report(choice: Choice, setting_key: str) -> Result:
     """`dynamo run`'s decision for one server (deployment.servers), as a check."""
     name = choice.name
     label = "etcd" if name == "etcd" else "NATS"
+    url = without_secret(choice.url or "")
     if choice.failure is not None:
         return Result(name, "FAIL", choice.failure, choice.hint)
     if choice.binary is not None:
@@ -47,13 +48,14 @@ def _report(choice: Choice, setting_key: str) -> Result:
         return Result(
             name,
             "WARN",
-            f"etcd {choice.version} at {choice.url} has a known data-inconsistency bug (3.5.0-3.5.2)",
+            f"etcd {choice.version} at {url} has a known data-inconsistency bug (3.5.0-3.5.2)",
             "upgrade it to 3.5.3 or later",
         )
     if choice.url in (DEFAULT_ETCD, DEFAULT_NATS):
-        return Result(name, "PASS", f"{label} {choice.version} answers at {choice.url}; `dynamo run` uses it")
+        return Result(name, "PASS", f"{label} {choice.version} answers at {url}; `dynamo run` uses it")
     jetstream = ", JetStream on" if name == "nats" else ""
-    return Result(name, "PASS", f"{label} {choice.version} at {choice.url} ({setting_key}){jetstream}")
+    login = ", credentials taken" if url != choice.url else ""
+    return Result(name, "PASS", f"{label} {choice.version} at {url} ({setting_key}){jetstream}{login}")
 
 
 def check_etcd(ctx: Context) -> Iterator[Result]:

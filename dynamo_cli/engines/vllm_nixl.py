@@ -11,17 +11,15 @@ import hashlib
 import importlib.util
 import logging
 import os
-import socket
 import time
 import uuid
 from array import array
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from dynamo_cli.config.models import DynamoConfig
 from dynamo_cli.errors import StartupError
 from dynamo_cli.kv.fallbacks import FALLBACKS, KV_LEASE, SIDE_CHANNEL, TRANSFER
-from dynamo_cli.transport.ports import listen_port
+from dynamo_cli.transport.ports import advertised_host, listen_port
 from dynamo_cli.transport.wire import EngineRequest
 
 logger = logging.getLogger(__name__)
@@ -37,7 +35,6 @@ PROMPT_KEY = "dynamo_prompt"
 STALL_ENV = "DYNAMO_TEST_STALL_PULL_S"
 _SLEEPING_KEY = "dynamo_sleeping_progress_thread"  # in vLLM's kv_connector_extra_config: on CPU
 _REMOTE_KEYS = ("remote_engine_id", "remote_request_id", "remote_host", "remote_port", "remote_block_ids")
-_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 _PROBE_TIMEOUT_S = 1.0
 _PROBE_TTL_S = 2.0  # a side channel that answered is not probed again for this long
 _MAX_CONSUMED = 8192  # remembered (engine, request) pairs whose KV this engine already pulled
@@ -46,26 +43,13 @@ _hosts_we_set: dict[str, str] = {}
 
 
 def side_channel_host(cfg: DynamoConfig) -> str:
-    """The address a prefill engine's NIXL side channel binds and advertises to decode engines.
-
-    Loopback while nothing of the deployment faces another machine (frontend on loopback, NATS local);
-    otherwise the address this machine reaches the NATS server from (or its hostname's address).
-    VLLM_NIXL_SIDE_CHANNEL_HOST, when set (by the user, not by an engine of this process), wins.
-    """
+    """The address a prefill engine's NIXL side channel binds and advertises to decode engines: the
+    deployment's advertised host, or VLLM_NIXL_SIDE_CHANNEL_HOST when the user (not an engine of this
+    process) set it."""
     explicit = os.environ.get("VLLM_NIXL_SIDE_CHANNEL_HOST")
     if explicit and explicit != _hosts_we_set.get("host"):
         return explicit
-    nats = cfg.infra.nats
-    nats_host = urlsplit(nats).hostname if "://" in nats else None
-    if cfg.frontend.host in _LOOPBACK and (nats_host is None or nats_host in _LOOPBACK):
-        return "127.0.0.1"
-    target = nats_host if nats_host and nats_host not in _LOOPBACK else "10.255.255.255"
-    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.connect((target, 9))  # UDP: picks the route, sends nothing
-        return str(s.getsockname()[0])
-    with contextlib.suppress(OSError):
-        return socket.gethostbyname(socket.gethostname())
-    return "127.0.0.1"
+    return advertised_host(cfg.infra.nats, cfg.frontend.host)
 
 
 if not TYPE_CHECKING:  # hidden from mypy, which would otherwise accept any name on this module

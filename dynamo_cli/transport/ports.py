@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import socket
+from urllib.parse import urlsplit
 
 ETCD_PORT = 2379  # etcd's and NATS's own defaults
 NATS_PORT = 4222
@@ -62,3 +64,23 @@ def without_secret(url: str) -> str:
     if not sep or "@" not in rest.split("/", 1)[0]:
         return url
     return f"{scheme}://{rest.split('@', 1)[1]}"
+
+
+LOOPBACKS = ("127.0.0.1", "localhost", "::1")
+
+
+def advertised_host(nats_url: str, frontend_host: str) -> str:
+    """The address this machine's servers (KV side channels) bind and advertise to the deployment's
+    other processes: loopback while nothing of the deployment faces another machine (frontend on
+    loopback, NATS local); otherwise the address this machine reaches the NATS server from (or its
+    hostname's address)."""
+    nats_host = urlsplit(nats_url).hostname if "://" in nats_url else None
+    if frontend_host in LOOPBACKS and (nats_host is None or nats_host in LOOPBACKS):
+        return "127.0.0.1"
+    target = nats_host if nats_host and nats_host not in LOOPBACKS else "10.255.255.255"
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect((target, 9))  # UDP: picks the route, sends nothing
+        return str(s.getsockname()[0])
+    with contextlib.suppress(OSError):
+        return socket.gethostbyname(socket.gethostname())
+    return "127.0.0.1"

