@@ -18,6 +18,7 @@ logger = logging.getLogger(__name__)
 
 READY_FD_ENV = "DYNAMO_READY_FD"
 PARENT_PID_ENV = "DYNAMO_PARENT_PID"
+LEASE_LOST_EXIT = 75  # a role that lost its discovery lease (EX_TEMPFAIL): start it again once etcd answers
 
 
 class Shutdown:

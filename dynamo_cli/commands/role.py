@@ -61,7 +61,8 @@ def role(
 
     flags = o.profile_flags(model=model, engine=engine, namespace=namespace)
     if join is None:
-        return run_role(name.value, load_config(profile, sets=sets, flags=flags), index)
+        cfg = load_config(profile, sets=sets, flags=flags)
+        return _again_after_a_lost_lease(run_role(name.value, cfg, index), cfg.infra.etcd)
     if profile is not None:
         raise UsageError(
             "--join brings the deployment's own profile; a PROFILE cannot be given with it.",
@@ -69,4 +70,25 @@ def role(
         )
     from dynamo_cli.deployment.join import load_joined
 
-    return run_role(name.value, load_joined(join, sets, flags), index)
+    cfg = load_joined(join, sets, flags)
+    return _again_after_a_lost_lease(run_role(name.value, cfg, index), cfg.infra.etcd)
+
+
+def _again_after_a_lost_lease(code: int, etcd: str) -> int:
+    """A role run by hand (no launcher to restart it) that lost its discovery lease, cut off from etcd
+    for longer than the lease: once etcd answers again, the same command starts afresh (exec) and the
+    role joins again under a new lease. Under `dynamo run`, the launcher restarts it instead."""
+    import os
+    import sys
+    import time
+
+    from dynamo_cli.deployment.servers import etcd_version
+    from dynamo_cli.lifecycle import LEASE_LOST_EXIT, PARENT_PID_ENV
+
+    if code != LEASE_LOST_EXIT or os.environ.get(PARENT_PID_ENV):
+        return code
+    typer.echo("The discovery lease was lost; waiting for etcd to answer again to rejoin...", err=True)
+    while etcd_version(etcd, timeout=1.0) is None:
+        time.sleep(1.0)
+    os.execv(sys.executable, [sys.executable, "-m", "dynamo_cli", *sys.argv[1:]])
+    return code  # pragma: no cover  (exec does not return)

@@ -10,7 +10,7 @@ from typing import Any
 from dynamo_cli.config.models import DynamoConfig
 from dynamo_cli.engines.base import Engine
 from dynamo_cli.errors import RequestError, StartupError, UsageError
-from dynamo_cli.lifecycle import die_with_parent, install_signal_handlers, report_ready
+from dynamo_cli.lifecycle import LEASE_LOST_EXIT, die_with_parent, install_signal_handlers, report_ready
 from dynamo_cli.transport.discovery import EtcdDiscovery
 from dynamo_cli.transport.messaging import NatsRequestPlane
 from dynamo_cli.transport.ports import DEFAULT_ETCD, DEFAULT_NATS
@@ -106,7 +106,7 @@ async def serve_role(role: Role, stop_timeout: float) -> int:
         code = 1
     elif lost is not None and lost.done():
         logger.error("%s lost its discovery lease; exiting so it can be restarted", role.name)
-        code = 1
+        code = LEASE_LOST_EXIT
     for w in (stop, lost):
         if w is not None:
             w.cancel()

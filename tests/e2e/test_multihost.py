@@ -10,6 +10,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ class Link:
     namespace: str  # the second host
     head: str  # the address of this end
     other: str  # the address inside the namespace
+    device: str  # the namespace's end of the pair
 
 
 def _ip(*args: str) -> subprocess.CompletedProcess[str]:
@@ -61,7 +63,7 @@ def link() -> Iterator[Link]:
         ):
             done = _ip(*step)
             assert done.returncode == 0, (step, done.stderr)
-        yield Link(ns, f"{subnet}.1", f"{subnet}.2")
+        yield Link(ns, f"{subnet}.1", f"{subnet}.2", there)
     finally:
         _ip("link", "del", here)  # takes its peer with it
         _ip("netns", "del", ns)
@@ -177,6 +179,63 @@ def test_a_prefill_worker_on_a_second_host_serves_the_heads_decode_worker(link: 
         assert metrics.get(remote) == 3, {k: v for k, v in metrics.items() if "disagg" in k}
         moved = {k: v for k, v in metrics.items() if k.startswith("dynamo_disagg_kv_transfer_bytes_total")}
         assert sum(moved.values()) > 0 and all('backend="nixl"' in k for k in moved), moved
+    finally:
+        if joiner is not None and joiner.poll() is None:
+            os.killpg(joiner.pid, signal.SIGKILL)
+            joiner.wait(10)
+        log.close()
+        dep.stop()
+
+
+def test_a_partitioned_worker_rides_out_a_short_cut_and_rejoins_after_a_long_one(
+    link: Link, tmp_path: Path
+) -> None:
+    """The second host's link goes down inside its namespace (a partition, not a stall): for less than
+    the lease TTL nothing changes; for longer, the head forgets the worker, which rejoins by itself
+    once the link is back."""
+    ttl = 3
+    dep = start(tmp_path, "agg", "--engine", "mocker", "--workers", "1", "--listen", link.head,
+                "--set", f"infra.lease_ttl_s={ttl}")  # fmt: skip
+    joiner = None
+    log_path = tmp_path / "joiner.log"
+    log = log_path.open("w")
+
+    def workers() -> int:
+        return int(httpx.get(dep.url + "/health", timeout=5).json().get("workers", 0))
+
+    def link_up(up: bool) -> None:
+        done = _ip("-n", link.namespace, "link", "set", link.device, "up" if up else "down")
+        assert done.returncode == 0, done.stderr
+
+    def serves_everyone() -> None:
+        client = openai.OpenAI(base_url=dep.base_url, api_key="x", max_retries=0, timeout=60)
+        for _ in range(4):  # round-robin: both workers
+            r = client.chat.completions.create(model=dep.model, messages=[{"role": "user", "content": "hi"}],
+                                               max_tokens=4, extra_body={"ignore_eos": True})  # fmt: skip
+            assert r.choices[0].finish_reason == "length"
+
+    try:
+        joiner = subprocess.Popen(
+            ["ip", "netns", "exec", link.namespace, sys.executable, "-m", "dynamo_cli", "role", "worker",
+             "--join", dep.ready["join"], "--index", "1"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        wait_for(lambda: workers() == 2, 120, "the second host's worker to join")
+        link_up(False)
+        time.sleep(ttl / 2)
+        link_up(True)
+        time.sleep(ttl)  # past the lease it would have lost
+        assert workers() == 2 and joiner.poll() is None  # no restart, still registered
+        serves_everyone()
+        link_up(False)
+        wait_for(lambda: workers() == 1, 4 * ttl, "the head to forget the cut-off worker")
+        serves_everyone()  # never routed to the worker whose lease is gone
+        time.sleep(1)
+        link_up(True)
+        wait_for(lambda: workers() == 2, 60, "the worker to rejoin")
+        assert joiner.poll() is None  # the same process, started afresh (exec)
+        assert "waiting for etcd to answer again to rejoin" in log_path.read_text()
+        serves_everyone()
     finally:
         if joiner is not None and joiner.poll() is None:
             os.killpg(joiner.pid, signal.SIGKILL)
