@@ -37,7 +37,8 @@ MRQA_HELP = "\n\n".join(
 COMPARE_HELP = "\n\n".join(
     [
         "Run the same multi-round QA workload against several profiles, one after the other, and print "
-        "them side by side.",
+        "them side by side: `multi-round-qa --profile A --profile B ...`, which takes every option it "
+        "lists (see `dynamo bench multi-round-qa --help`).",
         "Each PROFILE is a profile name or path, optionally with its own `dynamo run` flags in quotes; "
         "--engine, --model and --set apply to all.",
         "Examples:",
@@ -105,12 +106,20 @@ def multi_round_qa(
         ),
     ] = None,
     profile: Annotated[
-        Optional[str],
+        Optional[list[str]],
         typer.Option(
-            help="Start this profile with `dynamo run` (private etcd/NATS, a free port), run, stop it.",
+            help="Start this profile with `dynamo run` (private etcd/NATS, a free port), run, stop it; "
+            'with its own flags in quotes ("agg --workers 2"). Given again: each in turn, side by side.',
             show_default=False,
         ),
     ] = None,
+    output_dir: Annotated[
+        Optional[Path],
+        typer.Option(help="Write each profile's CSV, PNG and summary here.", show_default=False),
+    ] = None,
+    side_by_side: Annotated[
+        bool, typer.Option("--side-by-side", hidden=True, help="The table even for one profile (compare).")
+    ] = False,
     engine: o.Engine = None,
     sets: o.Sets = None,
     api_key: ApiKey = None,
@@ -133,15 +142,26 @@ def multi_round_qa(
 ) -> None:
     load = _load(locals())
     _check_outputs(output, plot_path)
-    if profile is None:
-        if engine or sets:
+    if not profile:
+        if engine or sets or output_dir or side_by_side:
             raise UsageError(
-                "--engine and --set configure a deployment that --profile starts.",
+                "--engine, --set and --output-dir go with deployments that --profile starts.",
                 "Add --profile agg, or leave them out to measure --base-url.",
             )
         summary = measure(load, base_url, model, api_key, log_interval, json_out, output, plot_path, base_url)
+    elif len(profile) > 1 or output_dir is not None or side_by_side:
+        if output or plot_path:
+            raise UsageError(
+                "--output and --plot name one run's files; several profiles write theirs to --output-dir.",
+                "Use --output-dir DIR.",
+            )
+        load.check()
+        _side_by_side(
+            profile, load, _run_flags(engine, sets, model), api_key, log_interval, json_out, output_dir
+        )
+        return
     else:
-        with deployment(profile, _run_flags(engine, sets, model)) as (url, served, label):
+        with deployment(profile[0], _run_flags(engine, sets, model)) as (url, served, label):
             summary = measure(load, url, served, api_key, log_interval, json_out, output, plot_path, label)
     if json_out:
         emit_json(summary)
@@ -149,34 +169,16 @@ def multi_round_qa(
         typer.echo(summary_block(summary))
 
 
-@app.command("compare", help=COMPARE_HELP)
-def compare(
-    profiles: Annotated[
-        list[str], typer.Argument(help="Profiles to run, e.g. agg disagg.", show_default=False)
-    ],
-    engine: o.Engine = None,
-    model: o.Model = None,
-    sets: o.Sets = None,
-    output_dir: Annotated[
-        Optional[Path], typer.Option(help="Write each run's CSV, PNG and summary here.", show_default=False)
-    ] = None,
-    log_interval: LogInterval = 0.0,
-    json_out: o.Json = False,
-    num_users: NumUsers = LOAD.num_users,
-    num_rounds: NumRounds = LOAD.num_rounds,
-    qps: Qps = LOAD.qps,
-    shared_system_prompt: SharedSystemPrompt = LOAD.shared_system_prompt,
-    user_history_prompt: UserHistoryPrompt = LOAD.user_history_prompt,
-    answer_len: AnswerLen = LOAD.answer_len,
-    time: Time = LOAD.time,
-    init_user_id: InitUserId = LOAD.init_user_id,
-    request_with_user_id: RequestWithUserId = LOAD.request_with_user_id,
-    sharegpt: ShareGpt = LOAD.sharegpt,
-    ignore_eos: IgnoreEos = LOAD.ignore_eos,
-    timeout: Timeout = LOAD.timeout,
+def _side_by_side(
+    profiles: list[str],
+    load: LoadOptions,
+    flags: list[str],
+    api_key: str | None,
+    log_interval: float,
+    json_out: bool,
+    output_dir: Path | None,
 ) -> None:
-    load = _load(locals())
-    load.check()
+    """The same workload on each profile in turn, then a table of all (or JSON)."""
     if output_dir is not None:
         output_dir.mkdir(parents=True, exist_ok=True)
     summaries: dict[str, dict[str, Any]] = {}
@@ -185,14 +187,53 @@ def compare(
         if output_dir is not None:
             stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", spec).strip("_") or "run"
             out, plot_to = output_dir / f"{stem}.csv", output_dir / f"{stem}.png"
-        with deployment(spec, _run_flags(engine, sets, model)) as (url, served, label):
-            summaries[spec] = measure(load, url, served, None, log_interval, json_out, out, plot_to, label)
+        with deployment(spec, flags) as (url, served, label):
+            summaries[spec] = measure(load, url, served, api_key, log_interval, json_out, out, plot_to, label)
         if out is not None:
             out.with_suffix(".txt").write_text(summary_block(summaries[spec]) + "\n")
     if json_out:
         emit_json({"runs": summaries})
         return
     out_console().print(compare_table(summaries))
+
+
+@app.command(
+    "compare",
+    help=COMPARE_HELP,
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def compare(
+    ctx: typer.Context,
+    profiles: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="PROFILE", help="Profiles to run, then any multi-round-qa option.", show_default=False
+        ),
+    ],
+) -> None:
+    """`multi-round-qa --profile P...` with every other argument as it came."""
+    command = typer.main.get_command(app).get_command(ctx, "multi-round-qa")  # type: ignore[attr-defined]
+    assert command is not None
+    valued = {
+        name for p in command.params if not getattr(p, "is_flag", False) for name in getattr(p, "opts", [])
+    }
+    args, given, rest = list(profiles) + list(ctx.args), [], []
+    i = 0
+    while i < len(args):  # the bare words are the profiles; an option that takes a value takes the next word
+        word = args[i]
+        if word.startswith("-"):
+            rest.append(word)
+            if word in valued and "=" not in word and i + 1 < len(args):
+                rest.append(args[i + 1])
+                i += 1
+        else:
+            given += ["--profile", word]
+        i += 1
+    if not given:
+        raise UsageError("compare needs at least one profile.", "e.g. dynamo bench compare agg disagg")
+    command.main(
+        args=[*given, "--side-by-side", *rest], prog_name="dynamo bench compare", standalone_mode=False
+    )
 
 
 def _run_flags(engine: str | None, sets: list[str] | None, model: str | None) -> list[str]:

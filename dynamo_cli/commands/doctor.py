@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -48,14 +48,7 @@ def doctor(
     port: o.Port = None,
     gpus: o.Gpus = None,
     prefill_gpus: o.PrefillGpus = None,
-    join: Annotated[
-        Optional[str],
-        typer.Option(
-            help="Check this machine against the deployment of this join URL (printed by `dynamo run "
-            "--listen`): its etcd and NATS with their credentials, and its config.",
-            show_default=False,
-        ),
-    ] = None,
+    join: o.Join = None,
     json_output: o.Json = False,
 ) -> int:
     from dynamo_cli.config.loader import load_config

@@ -85,6 +85,14 @@ Listen = Annotated[
         "can join; prints the command they run (infra.listen; default: 127.0.0.1).",
     ),
 ]
+Join = Annotated[
+    Optional[str],
+    typer.Option(
+        help="The deployment to join, by the URL `dynamo run --listen` printed: its etcd and NATS with "
+        "their credentials, and its config (--set and the flags apply on top).",
+        show_default=False,
+    ),
+]
 Port = Annotated[Optional[int], _opt("--port", "-p", help="Frontend port (frontend.port; default: 8000).")]
 Workers = Annotated[
     Optional[int], _opt("--workers", "-w", help="Worker processes; the decode workers when disaggregated.")

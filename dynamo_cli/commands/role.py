@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -47,14 +47,7 @@ def role(
     engine: o.Engine = None,
     namespace: o.Namespace = None,
     index: Annotated[int, typer.Option(help="Instance index (names logs, seeds the mocker).")] = 0,
-    join: Annotated[
-        Optional[str],
-        typer.Option(
-            help="Join the deployment of this URL (printed by `dynamo run --listen`): its etcd, NATS "
-            "and config; --set and the flags still apply on top.",
-            show_default=False,
-        ),
-    ] = None,
+    join: o.Join = None,
 ) -> int:
     from dynamo_cli.config.loader import load_config
     from dynamo_cli.roles.runner import run_role

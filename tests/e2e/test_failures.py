@@ -115,6 +115,27 @@ def test_without_migration_a_killed_workers_streams_end_with_an_error(tmp_path: 
     assert code == 130
 
 
+def test_a_stalled_workers_streams_migrate_after_the_idle_timeout(tmp_path: Path) -> None:
+    # SIGSTOP: alive for the launcher and etcd (its lease thread stops too, but the TTL is longer than
+    # the test), silent for the frontend. Its streams move once they have been quiet for 1 s.
+    dep = start(
+        tmp_path, "agg", "--engine", "mocker", "--workers", "2", "--speedup", "1",
+        "--set", "frontend.stream_idle_timeout_s=1",
+    )  # fmt: skip
+    victim = dep.pid("worker-0")
+    try:
+        client = openai.OpenAI(base_url=dep.base_url, api_key="x", max_retries=0, timeout=60)
+        with ThreadPoolExecutor(4) as pool:
+            undisturbed = list(pool.map(lambda i: _stream_text(client, dep.model, i), range(4)))
+        assert _streams_through(dep, client, 4, "worker-0", signal.SIGSTOP) == undisturbed
+        metrics = scrape(dep.url + "/metrics")
+        moved = metrics[f'dynamo_frontend_migrations_total{{model="{dep.model}",reason="idle_timeout"}}']
+        assert moved == 2, {k: v for k, v in metrics.items() if "migrat" in k}
+    finally:
+        os.kill(victim, signal.SIGCONT)
+        dep.stop()
+
+
 def test_ctrl_c_drains_and_leaves_no_process(tmp_path: Path) -> None:
     dep = start(tmp_path, "agg", "--engine", "mocker", "--workers", "2", "--speedup", "1")
     pids = dep.all_pids()
