@@ -7,6 +7,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -218,6 +219,7 @@ class Launcher:
                     "etcd": plans[0].url,
                     "nats": plans[1].url,
                     "join": join,
+                    "host": socket.gethostname(),  # beside each process's name (role-index)
                     "processes": {c.spec.name: c.pid for c in self.sup.children},
                     "roles": {c.spec.name: c.ready_info for c in self.sup.children if c.ready_info},
                 },

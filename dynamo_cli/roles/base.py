@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
+import socket
 from typing import Any
 
 from dynamo_cli.config.models import DynamoConfig
@@ -13,7 +14,7 @@ from dynamo_cli.errors import RequestError, StartupError, UsageError
 from dynamo_cli.lifecycle import LEASE_LOST_EXIT, die_with_parent, install_signal_handlers, report_ready
 from dynamo_cli.transport.discovery import EtcdDiscovery
 from dynamo_cli.transport.messaging import NatsRequestPlane
-from dynamo_cli.transport.ports import DEFAULT_ETCD, DEFAULT_NATS
+from dynamo_cli.transport.ports import DEFAULT_ETCD, DEFAULT_NATS, spans_machines
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,8 @@ class Role(abc.ABC):
 
     def __init__(self, cfg: DynamoConfig):
         self.cfg = cfg
+        # In a deployment that spans machines, names carry their host: two machines' logs never collide.
+        self.at_host = "" if not spans_machines(cfg.infra.nats) else f"@{socket.gethostname()}"
         self.plane: NatsRequestPlane | None = None
         self.discovery: EtcdDiscovery | None = None
         # A role sets this when it can no longer work (e.g. its engine died): the process then exits 1.

@@ -28,6 +28,7 @@ from dynamo_cli.models.tokenizer import ModelTokenizer
 from dynamo_cli.roles.base import Role
 from dynamo_cli.routing.service import RoutingService
 from dynamo_cli.transport import protocol
+from dynamo_cli.transport.ports import advertised_host
 from dynamo_cli.transport.prefill_queue import PrefillQueue
 from dynamo_cli.transport.workers import InstanceSet
 
@@ -67,7 +68,7 @@ class FrontendRole(Role):
 
     def __init__(self, cfg: DynamoConfig, model: ResolvedModel):
         super().__init__(cfg)
-        self.name = "frontend"
+        self.name = f"frontend{self.at_host}"
         self.model = model
         self.server: _Server | None = None
         self.service: RoutingService | None = None
@@ -158,11 +159,15 @@ class FrontendRole(Role):
                 raise StartupError("the HTTP server stopped during start-up")
             await asyncio.sleep(0.01)
         host, port = sock.getsockname()[:2]
-        url_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        url = f"http://{url_host}:{port}"
+        wildcard = host in ("0.0.0.0", "::")
+        url = f"http://{'127.0.0.1' if wildcard else host}:{port}"  # for this machine (the launcher)
+        # For the deployment's other processes, wherever they run: an address they can reach.
+        reachable = advertised_host(self.cfg.infra.nats, host) if wildcard else host
         await self.discovery.register(
-            protocol.FRONTEND, {"url": url, "model": self.model.name, "pid": os.getpid()}
-        )
+            protocol.FRONTEND,
+            {"url": f"http://{reachable}:{port}", "model": self.model.name, "host": socket.gethostname(),
+             "pid": os.getpid()},
+        )  # fmt: skip
         if self.cfg.disaggregated:
             self._tasks.append(asyncio.create_task(self._watch_queue(metrics), name="prefill-queue"))
         logger.info("serving %s at %s/v1 (%d worker(s) known)", self.model.name, url, len(workers))

@@ -43,7 +43,7 @@ class PlannerRole(Role):
         live_workers: Callable[[], list[int]] | None = None,
     ):
         super().__init__(cfg)
-        self.name = "planner"
+        self.name = f"planner{self.at_host}"
         self.connector = connector
         self.on_decision = on_decision  # the launcher shows decisions itself (then log_decisions is off)
         self.log_decisions = log_decisions

@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 class PrefillRole(Role):
     def __init__(self, cfg: DynamoConfig, model: ResolvedModel, index: int = 0):
         super().__init__(cfg)
-        self.name = f"prefill-{index}"
+        self.name = f"prefill-{index}{self.at_host}"
         self.model = model
         self.index = index
         self.engine: Engine | None = None
@@ -59,7 +59,7 @@ class PrefillRole(Role):
             "host": socket.gethostname(),
             "pid": os.getpid(),
         }
-        self.transfer = await open_transfer(self.cfg, f"{self.name}-{iid:x}")
+        self.transfer = await open_transfer(self.cfg, f"{self.name.partition('@')[0]}-{iid:x}")
         if self.transfer is not None:
             record["transfer"] = encode_peer(self.transfer.metadata())
             record["transfer_backend"] = self.transfer.backend

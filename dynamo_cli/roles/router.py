@@ -29,7 +29,7 @@ class RouterRole(Role):
 
     def __init__(self, cfg: DynamoConfig, index: int = 0):
         super().__init__(cfg)
-        self.name = f"router-{index}"
+        self.name = f"router-{index}{self.at_host}"
         self.service: RoutingService | None = None
         self.endpoint: Endpoint | None = None
         self._metrics_server: Any = None

@@ -38,7 +38,7 @@ class WorkerRole(Role):
 
     def __init__(self, cfg: DynamoConfig, model: ResolvedModel, index: int = 0, *, name: str = "worker"):
         super().__init__(cfg)
-        self.name = f"{name}-{index}"
+        self.name = f"{name}-{index}{self.at_host}"
         self.model = model
         self.index = index
         self.engine: Engine | None = None
@@ -72,7 +72,7 @@ class WorkerRole(Role):
             self.remote = RemotePrefill(
                 self.cfg, self.plane, self.discovery, self.engine, kv_bytes_per_token=info.kv_bytes_per_token
             )
-            await self.remote.start(f"{self.name}-{iid:x}")
+            await self.remote.start(f"{self.name.partition('@')[0]}-{iid:x}")
         subject = protocol.endpoint_subject(self.cfg.namespace, protocol.WORKER, "generate", iid)
         self.endpoint = await self.plane.serve(subject, self._generate)
         state_subject = protocol.endpoint_subject(self.cfg.namespace, protocol.WORKER, "kv_state", iid)

@@ -84,3 +84,9 @@ def advertised_host(nats_url: str, frontend_host: str) -> str:
     with contextlib.suppress(OSError):
         return socket.gethostbyname(socket.gethostname())
     return "127.0.0.1"
+
+
+def spans_machines(nats_url: str) -> bool:
+    """Whether a deployment reaches its NATS beyond loopback (``auto`` means the local default)."""
+    host = urlsplit(nats_url).hostname if "://" in nats_url else None
+    return host is not None and host not in LOOPBACKS

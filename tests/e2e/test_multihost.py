@@ -8,6 +8,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -164,7 +165,9 @@ def test_a_prefill_worker_on_a_second_host_serves_the_heads_decode_worker(link: 
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         wait_for(
-            lambda: "prefill-0 ready" in (tmp_path / "joiner.log").read_text(), 120, "the prefill worker"
+            lambda: f"prefill-0@{socket.gethostname()} ready" in (tmp_path / "joiner.log").read_text(),
+            120,
+            "the prefill worker (across machines, a process's name carries its host)",
         )
         client = openai.OpenAI(base_url=dep.base_url, api_key="x", max_retries=0, timeout=120)
         for k in range(3):
