@@ -219,6 +219,15 @@ class GrammarSampler:
         self.allowed = np.zeros(0, dtype=np.int64)  # the last step's allowed tokens (less banned ones)
         self._in_string = self._escaped = False
 
+    def replay(self, tokens: list[int]) -> None:
+        """Consume ``tokens``, generated under this grammar elsewhere (a migrated request)."""
+        for token in tokens:
+            if not self.matcher.consume_token(token):
+                raise StructuredError(
+                    f"the tokens to resume from break the grammar: {_short(self.matcher.get_error())}"
+                )
+            self._track(token)
+
     def _mask(self) -> tuple[np.ndarray, np.ndarray]:
         bits = np.unpackbits(np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8), bitorder="little")
         if self.matcher.is_error():

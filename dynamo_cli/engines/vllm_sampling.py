@@ -18,6 +18,8 @@ def sampling_params(s: SamplingOptions, kv: dict[str, Any] | None) -> Any:
     from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
     structured = None
+    if s.structured_replay:
+        raise ValueError("vLLM cannot resume a grammar over tokens generated elsewhere (structured_replay)")
     if s.structured is not None:
         if len(s.structured) != 1 or not set(s.structured) <= STRUCTURED_KINDS:
             raise ValueError(

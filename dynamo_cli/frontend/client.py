@@ -265,8 +265,8 @@ class WorkerClient:
         if migrations >= self.fcfg.migration_limit:
             limit = self.fcfg.migration_limit
             return f"it was migrated {migrations} times (frontend.migration_limit: {limit})"
-        if request.sampling.structured is not None:
-            return "a structured-output request cannot continue on another worker (its grammar state is lost)"
+        if request.sampling.structured is not None and self.cfg.engine != "mocker":
+            return "vLLM cannot resume a structured-output request's grammar on another worker"
         return None
 
 
@@ -302,5 +302,11 @@ def _continuation(request: EngineRequest, sent: list[int], n: int) -> EngineRequ
     left = s.max_tokens - len(sent)
     if left <= 0:
         return None
-    sampling = replace(s, max_tokens=left, min_tokens=max(0, s.min_tokens - len(sent)), prompt_logprobs=None)
+    sampling = replace(
+        s,
+        max_tokens=left,
+        min_tokens=max(0, s.min_tokens - len(sent)),
+        prompt_logprobs=None,
+        structured_replay=len(sent) if s.structured is not None else 0,  # the grammar resumes after them
+    )
     return EngineRequest(f"{request.request_id}-m{n}", request.prompt_token_ids + sent, sampling)

@@ -41,6 +41,7 @@ _OPTIONAL: dict[str, Any] = {
     "logprobs": None,
     "prompt_logprobs": None,
     "structured": None,
+    "structured_replay": 0,
     "logprobs_json": False,
 }
 

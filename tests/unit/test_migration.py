@@ -422,16 +422,28 @@ async def test_migration_limit_zero_still_retries_before_the_first_token() -> No
     assert h.retries == [None]
 
 
-async def test_structured_request_is_not_migrated() -> None:
+async def test_structured_request_is_not_migrated_between_vllm_workers() -> None:
     h = harness(
-        [[EngineOutput([1]), RequestTimeoutError("silent")], [EngineOutput([2], finish_reason="stop")]]
+        [[EngineOutput([1]), RequestTimeoutError("silent")], [EngineOutput([2], finish_reason="stop")]],
+        {"engine": "vllm"},
     )
     request = make_request(8, structured={"regex": "a+"})
     outs, err = await collect_until_error(h.client, request, WorkerFailure)
     assert tokens(outs) == [1]
-    assert "structured" in str(err)
+    assert "grammar" in str(err)
     assert len(h.plane.sent) == 1
     assert h.migrations == [] and h.migrated == []
+
+
+async def test_structured_request_migrates_between_mocker_workers_with_its_grammar_replayed() -> None:
+    h = harness(
+        [[EngineOutput([1, 2]), RequestTimeoutError("silent")], [EngineOutput([3], finish_reason="stop")]],
+        {"engine": "mocker"},
+    )
+    outs = await collect(h.client, make_request(8, structured={"regex": "a+"}))
+    assert tokens(outs) == [1, 2, 3]
+    moved = h.plane.sent[1].request
+    assert moved.prompt_token_ids == [*PROMPT, 1, 2] and moved.sampling.structured_replay == 2
 
 
 async def test_structured_request_is_retried_before_the_first_token() -> None:

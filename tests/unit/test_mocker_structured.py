@@ -128,6 +128,26 @@ async def test_same_seed_same_output(make_engine: MakeEngine, smol_dir: Path) ->
     assert first != other
 
 
+async def test_a_structured_request_resent_with_its_output_replays_the_grammar_and_continues(
+    make_engine: MakeEngine, smol_dir: Path
+) -> None:
+    """What migration relies on: another engine given prompt + output so far and structured_replay
+    resumes the grammar there and produces the same rest, still valid."""
+    a, b = make_engine(smol_dir), make_engine(smol_dir)
+    spec = {"json": PERSON}
+    whole, _ = await run(a, max_tokens=300, seed=3, structured=spec)
+    k = len(whole) // 2
+    rest, outs = await run(
+        b, max_tokens=300 - k, prompt=[5, 6, 7, 8, *whole[:k]], seed=3, structured=spec, structured_replay=k
+    )
+    assert whole[:k] + rest == whole and outs[-1].finish_reason == "stop"
+    jsonschema.validate(json.loads(text_of(smol_dir, whole)), PERSON)
+    _, broken = await run(
+        b, prompt=[5, 6, 7, 8, *whole[1:k]], seed=3, structured=spec, structured_replay=k - 1
+    )
+    assert broken[-1].finish_reason == "error" and "break the grammar" in (broken[-1].error or "")
+
+
 @pytest.mark.parametrize(
     ("spec", "check"),
     [

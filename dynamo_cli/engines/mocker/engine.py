@@ -77,8 +77,10 @@ class MockerEngine(Engine):
     async def generate(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
         sampler: GrammarSampler | None = None
         error: str | None = None
-        if request.sampling.structured is not None:
-            sampler, error = await grammar_sampler(self._model_path, request.sampling.structured)
+        s = request.sampling
+        if s.structured is not None:
+            replay = request.prompt_token_ids[len(request.prompt_token_ids) - s.structured_replay :]
+            sampler, error = await grammar_sampler(self._model_path, s.structured, replay)
         req = self._submit(request, sampler, error)
         loop = asyncio.get_running_loop()
         try:

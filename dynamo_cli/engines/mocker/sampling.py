@@ -72,17 +72,23 @@ class _SplitMix(random.Random):
 
 
 async def grammar_sampler(
-    folder: Path | None, spec: dict[str, Any]
+    folder: Path | None, spec: dict[str, Any], replay: list[int] | None = None
 ) -> tuple[GrammarSampler | None, str | None]:
     """The grammar state of a structured request, built off the event loop (the first request of
-    a model also loads its tokenizer); or why there is none. ``folder``: the model folder."""
+    a model also loads its tokenizer), having consumed ``replay``; or why there is none. ``folder``:
+    the model folder."""
     if folder is None:
         return None, "structured output needs the model's tokenizer; this mocker has no model folder"
     from dynamo_cli.engines.structured import GrammarSampler, StructuredError, grammar_tokenizer
     from dynamo_cli.errors import DynamoError
 
+    def build() -> GrammarSampler:
+        sampler = GrammarSampler(grammar_tokenizer(folder), spec)
+        sampler.replay(replay or [])
+        return sampler
+
     try:
-        return await asyncio.to_thread(lambda: GrammarSampler(grammar_tokenizer(folder), spec)), None
+        return await asyncio.to_thread(build), None
     except (StructuredError, DynamoError) as e:
         return None, f"structured output: {e}"
 
@@ -191,9 +197,10 @@ class TokenSampler:
         self._reseed(req)
         can_stop = not s.ignore_eos and req.num_output >= s.min_tokens
         try:
+            done = s.structured_replay + req.num_output  # a migrated request's progress counts it all
             token = sampler.next_token(
                 req.rng,
-                progress=req.num_output / s.max_tokens,
+                progress=done / (s.structured_replay + s.max_tokens),
                 can_stop=can_stop,
                 banned=req.banned,
                 forced=req.forced,
