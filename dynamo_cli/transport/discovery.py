@@ -83,6 +83,7 @@ class LeaseKeeper(threading.Thread):
     def __init__(self, endpoint: str, lease_id: int, ttl: int, on_lost: Callable[[], object]):
         super().__init__(name=f"etcd-lease-{lease_id:x}", daemon=True)
         self.endpoint = endpoint
+        self._login = etcd_credentials(endpoint) is not None  # etcd with auth: a token per session
         self.url = http_base(endpoint) + "/v3/lease/keepalive"
         self.lease_id = lease_id
         self.interval = max(ttl / 3, 0.5)
@@ -98,7 +99,7 @@ class LeaseKeeper(threading.Thread):
         while not self.stopped.wait(self.interval):
             try:
                 headers = {"content-type": "application/json"}
-                if etcd_credentials(self.endpoint) is not None:  # etcd with auth: a token first
+                if self._login:
                     token = token or gateway.token(self.endpoint, self.interval)
                     headers["authorization"] = token or ""
                 req = urllib.request.Request(self.url, data=body, headers=headers)

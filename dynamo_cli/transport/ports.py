@@ -74,10 +74,10 @@ def advertised_host(nats_url: str, frontend_host: str) -> str:
     other processes: loopback while nothing of the deployment faces another machine (frontend on
     loopback, NATS local); otherwise the address this machine reaches the NATS server from (or its
     hostname's address)."""
-    nats_host = urlsplit(nats_url).hostname if "://" in nats_url else None
-    if frontend_host in LOOPBACKS and (nats_host is None or nats_host in LOOPBACKS):
+    remote_nats = spans_machines(nats_url)
+    if frontend_host in LOOPBACKS and not remote_nats:
         return "127.0.0.1"
-    target = nats_host if nats_host and nats_host not in LOOPBACKS else "10.255.255.255"
+    target = urlsplit(nats_url).hostname if remote_nats else "10.255.255.255"
     with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.connect((target, 9))  # UDP: picks the route, sends nothing
         return str(s.getsockname()[0])
