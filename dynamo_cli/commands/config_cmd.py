@@ -23,7 +23,7 @@ def show(
     namespace: o.Namespace = None,
     json_output: o.Json = False,
 ) -> None:
-    from dynamo_cli.config.loader import dump_config, load_config
+    from dynamo_cli.config.loader import dump_config, load_config, shown_config
     from dynamo_cli.console import emit_json
 
     cfg = load_config(
@@ -31,7 +31,7 @@ def show(
     )
     parsers = _parsers_in_force(cfg)
     if json_output:
-        emit_json({**cfg.model_dump(mode="json"), "parsers_in_force": parsers})
+        emit_json({**shown_config(cfg), "parsers_in_force": parsers})
     else:
         typer.echo(dump_config(cfg), nl=False)
         typer.echo(f"# parsers in force: {parsers}")

@@ -29,7 +29,11 @@ Every pod runs `dynamo role ROLE /etc/dynamo/profile.yaml`, so the image needs d
 for --engine vllm). The profile's infra.etcd and infra.nats are replaced by the cluster's Services
 and the frontend listens on 0.0.0.0. GPU lists give each worker pod its share as nvidia.com/gpu
 (which GPUs is Kubernetes' choice); a model folder must exist inside the image. Scale-down drains: the
-worker pods' grace period outlasts supervisor.stop_timeout_s.
+worker pods' grace period outlasts supervisor.stop_timeout_s. --dashboard adds the Grafana dashboard
+(frontend, router, workers' KV use, disaggregation, planner) as a ConfigMap labelled
+grafana_dashboard: "1", which Grafana's dashboard sidecar loads. Prometheus finds the frontend's
+/metrics through its pods' prometheus.io annotations; the router and worker panels fill when the
+router runs in the frontend (--set router.replicas=0). The series: docs/metrics.md.
 
 {o.PRECEDENCE_HELP}
 """
@@ -55,6 +59,9 @@ def k8s(
     ] = "default",
     etcd_image: Annotated[Optional[str], typer.Option(help="etcd image.", show_default=False)] = None,
     nats_image: Annotated[Optional[str], typer.Option(help="NATS image.", show_default=False)] = None,
+    dashboard: Annotated[
+        bool, typer.Option("--dashboard", help="Add the Grafana dashboard as a ConfigMap.")
+    ] = False,
     output: Annotated[
         str,
         typer.Option(
@@ -76,6 +83,7 @@ def k8s(
         namespace=k8s_namespace,
         etcd_image=etcd_image or kube.ETCD_IMAGE,
         nats_image=nats_image or kube.NATS_IMAGE,
+        dashboard=dashboard,
     )
     if output == "-":
         typer.echo(kube.to_yaml(objs), nl=False)

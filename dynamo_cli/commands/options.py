@@ -37,6 +37,10 @@ PROFILE_KEYS = {
     "planner": "planner.enabled",
     "tool_call_parser": "frontend.tool_call_parser",
     "reasoning_parser": "frontend.reasoning_parser",
+    "api_keys": "frontend.api_keys",
+    "ssl_certfile": "frontend.ssl_certfile",
+    "ssl_keyfile": "frontend.ssl_keyfile",
+    "ssl_ca_certs": "frontend.ssl_ca_certs",
 }
 
 
@@ -155,6 +159,48 @@ ReasoningParser = Annotated[
         "(frontend.reasoning_parser; default off).",
     ),
 ]
+
+ApiKey = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--api-key",
+        help="A key clients must send as 'Authorization: Bearer KEY' (repeatable; with --api-key-file it "
+        "replaces frontend.api_keys). Warned: it shows in `ps` and shell history; prefer $DYNAMO_API_KEY "
+        "or --api-key-file.",
+        metavar="KEY",
+        show_default=False,
+    ),
+]
+ApiKeyFile = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--api-key-file",
+        help="A file of API keys, one a line (repeatable; frontend.api_keys: [file:PATH]).",
+        metavar="PATH",
+        show_default=False,
+    ),
+]
+SslCertfile = Annotated[
+    Optional[str],
+    _opt("--ssl-certfile", help="Serve https with this certificate, PEM (frontend.ssl_certfile)."),
+]
+SslKeyfile = Annotated[
+    Optional[str], _opt("--ssl-keyfile", help="The certificate's private key, PEM (frontend.ssl_keyfile).")
+]
+SslCaCerts = Annotated[
+    Optional[str],
+    _opt(
+        "--ssl-ca-certs",
+        help="Mutual TLS: clients must present a certificate from this CA bundle (frontend.ssl_ca_certs).",
+    ),
+]
+
+
+def api_key_entries(keys: list[str] | None, files: list[str] | None) -> list[str] | None:
+    """--api-key and --api-key-file as frontend.api_keys entries (None: neither given)."""
+    entries = [*(keys or []), *(f"file:{f}" for f in files or [])]
+    return entries or None
+
 
 PRECEDENCE_HELP = (
     "Settings come from, lowest to highest: model defaults < profile YAML < environment "

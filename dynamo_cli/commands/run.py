@@ -24,6 +24,8 @@ Examples:
 
   dynamo run agg --engine mocker --planner --set planner.workers.max=4   # add/remove workers with load
 
+  dynamo run agg --host 0.0.0.0 --api-key-file keys.txt --ssl-certfile cert.pem --ssl-keyfile key.pem
+
   dynamo run ./my-profile.yaml
 
 {o.PRECEDENCE_HELP}
@@ -53,6 +55,11 @@ def run(
     planner: o.Planner = None,
     tool_call_parser: o.ToolCallParser = None,
     reasoning_parser: o.ReasoningParser = None,
+    api_key: o.ApiKey = None,
+    api_key_file: o.ApiKeyFile = None,
+    ssl_certfile: o.SslCertfile = None,
+    ssl_keyfile: o.SslKeyfile = None,
+    ssl_ca_certs: o.SslCaCerts = None,
     json_output: o.Json = False,
 ) -> int:
     from dynamo_cli.config.loader import load_config
@@ -66,6 +73,8 @@ def run(
         speedup=speedup, gpus=gpus, prefill_workers=prefill_workers, prefill_gpus=prefill_gpus,
         prefill_tp=prefill_tp, decode_tp=decode_tp, remote_prefill=remote_prefill, planner=planner,
         tool_call_parser=tool_call_parser, reasoning_parser=reasoning_parser,
+        api_keys=o.api_key_entries(api_key, api_key_file), ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
+        ssl_ca_certs=ssl_ca_certs,
     )  # fmt: skip
     cfg = load_config(profile, sets=sets, flags=flags)
     configure_logging(cfg.log_level)

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from dynamo_cli.config.frontend import redacted
 from dynamo_cli.config.keys import underscored
 from dynamo_cli.config.models import DynamoConfig
 from dynamo_cli.errors import ConfigError
@@ -68,20 +69,24 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return underscored(data)
 
 
-def _text_field(dotted: str) -> tuple[bool, bool]:
-    """(is the key a text field, may it be null) for a dotted path into DynamoConfig."""
+def _annotation(dotted: str) -> Any:
+    """The type of a dotted key of DynamoConfig, or None for no such key."""
     model: Any = DynamoConfig
-    field = None
     for key in dotted.split("."):
         fields = getattr(model, "model_fields", None)
         if not fields or key not in fields:
-            return False, False
-        field = fields[key]
-        model = field.annotation
-    if field is None:
+            return None
+        model = fields[key].annotation
+    return model
+
+
+def _text_field(dotted: str) -> tuple[bool, bool]:
+    """(is the key a text field, may it be null) for a dotted path into DynamoConfig."""
+    annotation = _annotation(dotted)
+    if annotation is None or typing.get_origin(annotation) in (list, dict):
         return False, False
-    args = typing.get_args(field.annotation)
-    kinds = [a for a in args if a is not type(None)] if args else [field.annotation]
+    args = typing.get_args(annotation)
+    kinds = [a for a in args if a is not type(None)] if args else [annotation]
     textual = all(k is str or typing.get_origin(k) is typing.Literal for k in kinds)
     return textual, type(None) in args
 
@@ -93,9 +98,13 @@ def _parse_value(text: str, dotted: str) -> Any:
     if textual:
         return None if nullable and text in ("null", "~", "") else text
     try:
-        return yaml.safe_load(text) if text != "" else ""
+        value = yaml.safe_load(text) if text != "" else ""
     except yaml.YAMLError:
-        return text
+        value = text
+    # One item for a list key: --set frontend.api_keys=env:KEYS
+    if typing.get_origin(_annotation(dotted)) is list and isinstance(value, str):
+        return [value] if value else []
+    return value
 
 
 def set_path(tree: dict[str, Any], dotted: str, value: Any, source: str) -> None:
@@ -189,5 +198,12 @@ def load_config(
     return DynamoConfig.model_validate(tree)
 
 
+def shown_config(cfg: DynamoConfig) -> dict[str, Any]:
+    """The config as it may be shown or written to a file: API keys written out are redacted."""
+    data = cfg.model_dump(mode="json")
+    data["frontend"]["api_keys"] = redacted(cfg.frontend.api_keys)
+    return data
+
+
 def dump_config(cfg: DynamoConfig) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    return yaml.safe_dump(shown_config(cfg), sort_keys=False)

@@ -1,24 +1,21 @@
-"""Typed profile models. Every default lives here and nowhere else."""
+"""Typed profile models. Every default lives here and nowhere else (the frontend's in config/frontend.py)."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from dynamo_cli.config.base import StrictModel
+from dynamo_cli.config.frontend import FrontendConfig
 from dynamo_cli.config.gpus import parse_gpu_list
 from dynamo_cli.config.keys import underscored
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
 
 EngineName = Literal["mocker", "vllm"]
 RouterMode = Literal["kv", "round-robin", "random", "least-loaded"]
 
 
-class InfraConfig(_Model):
+class InfraConfig(StrictModel):
     etcd: str = Field(
         "auto",
         description="'auto': use etcd on 127.0.0.1:2379 if it answers, else spawn one; 'spawn': always "
@@ -39,58 +36,7 @@ class InfraConfig(_Model):
     )
 
 
-class FrontendConfig(_Model):
-    host: str = Field("127.0.0.1", description="HTTP bind address (0.0.0.0 to serve other machines).")
-    port: int = Field(8000, ge=0, le=65535, description="HTTP port (0 = pick a free one).")
-    request_timeout_s: float = Field(600.0, gt=0, description="Longest a request may run end to end.")
-    first_response_timeout_s: float = Field(
-        5.0, gt=0, description="How long a worker has to accept a request before another is tried."
-    )
-    stream_idle_timeout_s: float = Field(
-        5.0, gt=0, description="A worker silent this long (no token, no keepalive) is treated as dead."
-    )
-    max_retries: int = Field(2, ge=0, le=10, description="Workers tried anew before a request's first token.")
-    migration_limit: int = Field(
-        3, ge=0, le=10, description="Times a started request may move to another worker (0: never)."
-    )
-    fast_tokenizer: bool = Field(
-        True,
-        description="Encode byte-level BPE with tiktoken when it provably matches the model's tokenizer.",
-    )
-    max_body_mb: float = Field(
-        16.0,
-        gt=0,
-        le=1024,
-        description="Largest request body in MiB; a larger one gets a 413 before it is parsed. 16 MiB holds "
-        "a full 1M-token context JSON-escaped, with tools and history (docs/limits.md).",
-    )
-    max_json_values: int = Field(
-        262144,
-        ge=1024,
-        description="Most JSON values (strings, numbers, arrays, objects...) in one request body: parsing "
-        "costs per value, so a body of many tiny ones is refused.",
-    )
-    max_messages: int = Field(2048, ge=1, description="Most messages in one chat request.")
-    max_stop: int = Field(16, ge=0, description="Most stop strings (and stop token ids) in one request.")
-    max_stop_chars: int = Field(1024, ge=1, description="Longest stop string, in characters.")
-    max_logit_bias: int = Field(1024, ge=0, description="Most entries in one request's logit_bias map.")
-    max_tools: int = Field(128, ge=0, description="Most tools in one chat request.")
-    max_schema_kb: int = Field(1024, ge=1, description="Largest tools array or response_format schema (KiB).")
-    max_restarts: int = Field(
-        5, ge=0, description="Restarts of a dead frontend in supervisor.restart_window_s before all stop."
-    )
-    tool_call_parser: Literal["auto", "hermes", "llama3_json", "mistral", "pythonic", "qwen3_coder"] = Field(
-        "auto",
-        description="How the model's text becomes tool_calls with tool_choice auto. auto: from the chat "
-        "template where it is unambiguous; hermes for a template that ignores tools (the tools are then "
-        "rendered into the system prompt in that format).",
-    )
-    reasoning_parser: Literal["deepseek_r1", "qwen3"] | None = Field(
-        None, description="Split <think>...</think> out of the output into reasoning_content (none: off)."
-    )
-
-
-class RouterConfig(_Model):
+class RouterConfig(StrictModel):
     mode: RouterMode = Field("round-robin", description="How the router picks a worker for a request.")
     replicas: int = Field(
         1, ge=0, le=64, description="Router processes; 0 embeds the router in the frontend."
@@ -117,7 +63,7 @@ class RouterConfig(_Model):
 Group = Literal["workers", "prefill_workers"]
 
 
-class WorkerGroupConfig(_Model):
+class WorkerGroupConfig(StrictModel):
     count: int = Field(1, ge=0, le=1024, description="Worker processes in this group.")
     gpus: str | None = Field(
         None, description="GPU ids for the group, e.g. '0-3' (split evenly among workers)."
@@ -157,7 +103,7 @@ class WorkerGroupConfig(_Model):
         return self.count
 
 
-class DisaggConfig(_Model):
+class DisaggConfig(StrictModel):
     """Disaggregated serving. Keys as seed 001 spells them (remote-prefill, ...) work too."""
 
     remote_prefill: bool = Field(
@@ -211,7 +157,7 @@ class DisaggConfig(_Model):
         return underscored(data)
 
 
-class MockerConfig(_Model):
+class MockerConfig(StrictModel):
     block_size: int = Field(16, ge=1, le=1024, description="Tokens per KV block.")
     num_blocks: int = Field(16384, ge=16, description="KV blocks in the simulated cache.")
     max_num_seqs: int = Field(256, ge=1, description="Most requests running at once.")
@@ -236,7 +182,7 @@ class MockerConfig(_Model):
         return self
 
 
-class VllmConfig(_Model):
+class VllmConfig(StrictModel):
     block_size: int | None = Field(None, description="KV block size (default 16 on GPU, 128 on CPU).")
     max_model_len: int | None = Field(None, ge=16, description="Longest sequence (default: the model's).")
     tensor_parallel_size: int | None = Field(
@@ -249,7 +195,7 @@ class VllmConfig(_Model):
     extra_args: dict[str, object] = Field(default_factory=dict, description="Passed to vLLM's engine args.")
 
 
-class PlannerBounds(_Model):
+class PlannerBounds(StrictModel):
     min: int = Field(1, ge=0, le=1024, description="Fewest workers the planner keeps in the group.")
     max: int = Field(4, ge=1, le=1024, description="Most workers the planner may run in the group.")
 
@@ -260,7 +206,7 @@ class PlannerBounds(_Model):
         return self
 
 
-class PlannerLoadConfig(_Model):
+class PlannerLoadConfig(StrictModel):
     """The load-based policy: thresholds, each crossed for `hysteresis` intervals before a move."""
 
     queue_high: float = Field(2.0, ge=0, description="Prefills queued per prefill worker before adding one.")
@@ -281,7 +227,7 @@ class PlannerLoadConfig(_Model):
         return self
 
 
-class PlannerSlaConfig(_Model):
+class PlannerSlaConfig(StrictModel):
     """The SLA-based policy: what one worker sustains within the targets (`dynamo planner profile`)."""
 
     ttft_ms: float = Field(500.0, gt=0, description="Time-to-first-token target.")
@@ -300,7 +246,7 @@ class PlannerSlaConfig(_Model):
     )
 
 
-class PlannerConfig(_Model):
+class PlannerConfig(StrictModel):
     """Scales the worker groups of a deployment (issue 7): inside `dynamo run`, or on Kubernetes."""
 
     enabled: bool = Field(False, description="Run the planner.")
@@ -331,14 +277,14 @@ class PlannerConfig(_Model):
         return self
 
 
-class SupervisorConfig(_Model):
+class SupervisorConfig(StrictModel):
     ready_timeout_s: float = Field(300.0, gt=0, description="Longest a role may take to become ready.")
     stop_timeout_s: float = Field(20.0, gt=0, description="Graceful stop per role before it is killed.")
     infra_max_restarts: int = Field(5, ge=0, description="Restarts of a spawned etcd or NATS in the window.")
     restart_window_s: float = Field(60.0, gt=0, description="Each max_restarts counts deaths this long ago.")
 
 
-class DynamoConfig(_Model):
+class DynamoConfig(StrictModel):
     """A whole deployment: what `dynamo run PROFILE` brings up."""
 
     namespace: str = Field("dynamo", pattern=r"^[A-Za-z0-9_-]+$", description="Isolates deployments.")

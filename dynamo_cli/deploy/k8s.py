@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from importlib import resources
 from typing import Any
 
 import yaml
@@ -30,6 +31,9 @@ PROFILE_PATH = f"{PROFILE_DIR}/{PROFILE_FILE}"
 NATS_MONITOR_PORT = 8222
 PROFILE_HASH_ANNOTATION = "dynamo/profile-sha256"  # on pod templates: a changed profile rolls the pods
 REASON_ANNOTATION = "dynamo/planner-reason"  # on worker Deployments: why the planner last scaled them
+DASHBOARD_FILE = "dynamo-cli.json"
+# The label Grafana's dashboard sidecar (kube-prometheus-stack, the Grafana Helm chart) looks for.
+DASHBOARD_LABEL = "grafana_dashboard"
 # A role asked to stop drains for supervisor.stop_timeout_s, then closes within this bound (serve_role);
 # the pod's grace period covers both plus a margin for the process to notice SIGTERM.
 _CLOSE_S = 5
@@ -122,8 +126,10 @@ def manifests(
     etcd_image: str = ETCD_IMAGE,
     nats_image: str = NATS_IMAGE,
     pull_policy: str = "IfNotPresent",
+    dashboard: bool = False,
 ) -> list[Obj]:
-    """Every object of the deployment, in apply order. ``namespace`` is the Kubernetes namespace."""
+    """Every object of the deployment, in apply order. ``namespace`` is the Kubernetes namespace;
+    ``dashboard`` adds the Grafana dashboard as a ConfigMap that Grafana's sidecar picks up."""
     if not _DNS_LABEL.match(namespace) or len(namespace) > 63:
         raise UsageError(
             f"'{namespace}' is not a Kubernetes namespace name", hint="use lower-case letters, digits and '-'"
@@ -139,7 +145,14 @@ def manifests(
         objs.append(b.role_deployment("router", cfg.router.replicas))
     objs += b.frontend()
     objs.append(b.planner())
+    if dashboard:
+        objs.append(b.dashboard())
     return objs
+
+
+def dashboard_json() -> str:
+    """The Grafana dashboard that ships in the package (dynamo_cli/dashboards/grafana.json)."""
+    return (resources.files("dynamo_cli") / "dashboards" / "grafana.json").read_text(encoding="utf-8")
 
 
 def to_yaml(objs: list[Obj]) -> str:
@@ -202,6 +215,11 @@ class _Builder:
 
     def configmap(self) -> Obj:
         return self.obj("v1", "ConfigMap", "profile", data={PROFILE_FILE: self.profile})
+
+    def dashboard(self) -> Obj:
+        cm = self.obj("v1", "ConfigMap", "dashboard", data={DASHBOARD_FILE: dashboard_json()})
+        cm["metadata"]["labels"][DASHBOARD_LABEL] = "1"
+        return cm
 
     def server(
         self, component: str, image: str, command: list[str], ports: dict[str, int], probe: Obj

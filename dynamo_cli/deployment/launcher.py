@@ -18,6 +18,7 @@ import httpx
 import yaml
 
 from dynamo_cli.config.checks import disagg_findings
+from dynamo_cli.config.frontend import literal_keys, redacted
 from dynamo_cli.config.models import DynamoConfig
 from dynamo_cli.console import Sink
 from dynamo_cli.deployment.deaths import DeathNotices
@@ -33,6 +34,7 @@ from dynamo_cli.deployment.servers import (
 )
 from dynamo_cli.deployment.supervisor import ProcessSpec, Supervisor
 from dynamo_cli.errors import StartupError, UsageError
+from dynamo_cli.frontend.access import ENV_DEFAULT, client_options, for_children, resolve_keys
 from dynamo_cli.lifecycle import install_signal_handlers, run_async
 from dynamo_cli.models.resolve import ResolvedModel, read_model_info, resolve_model
 from dynamo_cli.transport.ports import LOOPBACKS
@@ -77,9 +79,9 @@ def keep_port(spec: ProcessSpec, url: str) -> None:
     spec.argv = [*spec.argv, "--set", f"frontend.port={port}"]
 
 
-async def _wait_healthy(url: str, timeout: float) -> dict[str, Any]:
+async def _wait_healthy(url: str, timeout: float, options: dict[str, Any]) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient(timeout=2.0) as client:
+    async with httpx.AsyncClient(timeout=2.0, **options) as client:
         while True:
             with contextlib.suppress(httpx.HTTPError):
                 r = await client.get(f"{url}/health")
@@ -112,6 +114,12 @@ class Launcher:
         self.url: str | None = None
         self.planner: LocalPlanner | None = None
         self.deaths = DeathNotices(cfg.namespace)
+        self.keys = resolve_keys(cfg.frontend.api_keys)  # first: a key that cannot be read stops the run
+        if literal_keys(cfg.frontend.api_keys):
+            out.warn(
+                "an API key given as text shows in `ps`, shell history or the profile file",
+                f"put the keys in {ENV_DEFAULT} or a file (--api-key-file; frontend.api_keys: [file:PATH])",
+            )
 
     async def _start(self, t0: float) -> None:
         cfg, out = self.cfg, self.out
@@ -141,6 +149,8 @@ class Launcher:
             await asyncio.to_thread(enable_etcd_auth, plans[0].url, secret)
         resolved = cfg.model_copy(deep=True)
         resolved.infra.etcd, resolved.infra.nats = plans[0].client_url, plans[1].client_url
+        # The keys reach the frontend in its environment; the config file names only the variable.
+        resolved.frontend.api_keys, key_env = for_children(self.keys)
         await self.deaths.connect(plans[1].client_url)
         self.sup.on_death = self.deaths
         if out.json_output:
@@ -153,6 +163,7 @@ class Launcher:
         if secret is not None:  # what another machine needs: these endpoints, the model as the user named it
             shared = cfg.model_copy(deep=True)
             shared.infra = resolved.infra.model_copy()
+            shared.frontend.api_keys = redacted(cfg.frontend.api_keys)
             shared.served_model_name = model.name
             await asyncio.to_thread(publish_config, shared)
             etcd_port, nats_port = urlparse(plans[0].url).port, urlparse(plans[1].url).port
@@ -160,12 +171,13 @@ class Launcher:
             join = join_url(listen, etcd_port, nats_port, secret, cfg.namespace)
         groups = worker_groups(resolved)
         specs = role_specs(resolved, config_path, self.workdir, groups)
+        specs[-1].env.update(key_env)
         with out.status(f"Starting {len(specs)} role process(es)..."):
             children = await asyncio.gather(*(self.sup.start(s, timeout=timeout) for s in specs))
             self.url = children[-1].ready_info.get("url")
             assert self.url is not None
             keep_port(children[-1].spec, self.url)
-            health = await _wait_healthy(self.url, timeout)
+            health = await _wait_healthy(self.url, timeout, client_options(cfg.frontend, self.keys))
         elapsed = time.perf_counter() - t0
         workers = f"{health['workers']} worker(s)"
         if cfg.disaggregated:
@@ -200,6 +212,7 @@ class Launcher:
             planned = resolved.model_copy(
                 update={"planner": resolved.planner.model_copy(update={"frontend_url": self.url})}
             )
+            planned.frontend.api_keys = cfg.frontend.api_keys  # in this process: read as the launcher did
             self.planner = LocalPlanner(
                 planned,
                 self.sup,

@@ -25,6 +25,9 @@ from dynamo_cli.frontend.schemas import OpenAIError
 MIB = 1 << 20
 DRAIN_FACTOR = 8  # after a 413, read and discard up to this many times the limit more...
 DRAIN_S = 10.0  # ...for at most this long, then close
+# JSON nested deeper than this is refused. Real bodies (tools' schemas included) stay far below; deeper
+# ones cannot be written back by orjson (254 levels) nor pickled from the parsing processes (~1000).
+MAX_JSON_DEPTH = 128
 
 
 class BodyTooLarge(OpenAIError):
@@ -97,13 +100,13 @@ class BodyLimit:
         )
         await send({"type": "http.response.body", "body": body, "more_body": True})
         if drain:
-            await _discard(receive, DRAIN_FACTOR * self.limit, DRAIN_S)
+            await discard(receive, DRAIN_FACTOR * self.limit, DRAIN_S)
         # Closing with unread bytes would reset the connection and lose the answer; after the drain
         # nothing is left unread unless the client sent more than the second bound.
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-async def _discard(receive: Receive, max_bytes: int, max_s: float) -> None:
+async def discard(receive: Receive, max_bytes: int, max_s: float) -> None:
     deadline = time.monotonic() + max_s
     left = max_bytes
     while left > 0:
@@ -212,27 +215,38 @@ class RequestLimits:
             self._precheck_prompt(data.get("prompt"))
 
     def check_values(self, data: Any) -> None:
-        """Count the body's JSON values, stopping as soon as there are too many."""
+        """Count the body's JSON values, stopping as soon as there are too many, and refuse nesting
+        deeper than MAX_JSON_DEPTH. Walked a level at a time: the depth costs nothing to know."""
         left = self.max_json_values
-        stack = [data]
-        while stack:
-            value = stack.pop()
-            left -= 1
-            if isinstance(value, dict):
-                left -= len(value)  # the keys
-                stack.extend(value.values())
-            elif isinstance(value, list):
-                stack.extend(value)
-            if left < 0 or len(stack) > left:
-                raise OpenAIError(
-                    400,
-                    f"the request body has more than {self.max_json_values} JSON values "
-                    "(frontend.max_json_values)",
-                    code="limit_exceeded",
-                )
+        level, depth = [data], 0
+        while level:
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                message = f"the request body nests more than {MAX_JSON_DEPTH} levels deep"
+                raise OpenAIError(400, message, code="limit_exceeded")
+            below: list[Any] = []
+            for value in level:
+                left -= 1
+                if isinstance(value, dict):
+                    left -= len(value)  # the keys
+                    below.extend(value.values())
+                elif isinstance(value, list):
+                    below.extend(value)
+                if left < 0 or len(below) > left:
+                    raise OpenAIError(
+                        400,
+                        f"the request body has more than {self.max_json_values} JSON values "
+                        "(frontend.max_json_values)",
+                        code="limit_exceeded",
+                    )
+            level = below
 
     def _check_schema(self, param: str, value: Any) -> None:
-        size = len(orjson.dumps(value))
+        try:
+            size = len(orjson.dumps(value))
+        except orjson.JSONEncodeError:  # nested past orjson's 254 levels (check_values has not run yet)
+            message = f"{param} nests more than {MAX_JSON_DEPTH} levels deep"
+            raise OpenAIError(400, message, param=param, code="limit_exceeded") from None
         if size > self.max_schema_bytes:
             raise OpenAIError(
                 400,

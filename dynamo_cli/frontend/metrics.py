@@ -1,4 +1,5 @@
-"""Prometheus metrics of the frontend (one registry per process)."""
+"""Prometheus metrics of the frontend (one registry per process). docs/metrics.md lists every series, with
+its equivalent in NVIDIA Dynamo where one exists (the names are the same where the meaning is)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _ITL_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28)
+_ISL_BUCKETS = (16, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
+_OSL_BUCKETS = (1, 4, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 
 
 class FrontendMetrics:
@@ -21,6 +24,19 @@ class FrontendMetrics:
         self.inflight = Gauge(
             "dynamo_frontend_inflight_requests", "Requests in flight", ["model"], registry=r
         ).labels(model)
+        self.queued = Gauge(
+            "dynamo_frontend_queued_requests",
+            "Requests waiting for an admission slot (frontend.max_inflight)",
+            ["model"],
+            registry=r,
+        ).labels(model)
+        self.rejected = Counter(
+            "dynamo_frontend_rejected_requests",
+            "Requests refused before any work: reason overloaded (503), rate_limited (429) or "
+            "unauthorized (401)",
+            ["model", "reason"],
+            registry=r,
+        )
         self.ttft = Histogram(
             "dynamo_frontend_time_to_first_token_seconds",
             "Time to first token",
@@ -45,14 +61,29 @@ class FrontendMetrics:
         self.input_tokens = Counter(
             "dynamo_frontend_input_tokens", "Prompt tokens", ["model"], registry=r
         ).labels(model)
-        self.cached_tokens = Counter(
+        self.cached_tokens = Histogram(
             "dynamo_frontend_cached_tokens",
-            "Prompt tokens served from a worker's prefix cache",
+            "Prompt tokens of each generated sequence served from a worker's prefix cache",
             ["model"],
+            buckets=(0, *_ISL_BUCKETS),
             registry=r,
         ).labels(model)
         self.output_tokens = Counter(
             "dynamo_frontend_output_tokens", "Generated tokens", ["model"], registry=r
+        ).labels(model)
+        self.input_sequence_tokens = Histogram(
+            "dynamo_frontend_input_sequence_tokens",
+            "Prompt tokens of each generated sequence (each choice of an n > 1 request counts)",
+            ["model"],
+            buckets=_ISL_BUCKETS,
+            registry=r,
+        ).labels(model)
+        self.output_sequence_tokens = Histogram(
+            "dynamo_frontend_output_sequence_tokens",
+            "Generated tokens of each sequence (each choice of an n > 1 request counts)",
+            ["model"],
+            buckets=_OSL_BUCKETS,
+            registry=r,
         ).labels(model)
         self.unknown_fields = Counter(
             "dynamo_frontend_unknown_fields",
@@ -80,7 +111,7 @@ class FrontendMetrics:
             registry=r,
         )
         self.workers = Gauge(
-            "dynamo_frontend_workers", "Workers serving the model", ["model"], registry=r
+            "dynamo_frontend_model_workers", "Workers serving the model", ["model"], registry=r
         ).labels(model)
         # Disaggregated serving: what decode workers did with each prompt, and the KV that moved.
         self.prefill_decisions = Counter(
@@ -159,6 +190,14 @@ class FrontendMetrics:
             self.remote_prefill_seconds.observe(report["remote_s"])
         if report.get("prefill_s") is not None:
             self.prefill_engine_seconds.observe(report["prefill_s"])
+
+    def count_tokens(self, prompt: int, cached: int, completion: int) -> None:
+        """One generated sequence's tokens, once it has ended (finished, failed or cancelled)."""
+        self.input_tokens.inc(prompt)
+        self.cached_tokens.observe(cached)
+        self.output_tokens.inc(completion)
+        self.input_sequence_tokens.observe(prompt)
+        self.output_sequence_tokens.observe(completion)
 
     def count_migration(self, reason: str) -> None:
         self.migrations.labels(self._model, reason).inc()

@@ -207,6 +207,4 @@ async def run_generation(
         )
     finally:
         await outputs.aclose()
-        metrics.input_tokens.inc(gen.prompt_tokens)
-        metrics.cached_tokens.inc(gen.cached_tokens)
-        metrics.output_tokens.inc(gen.completion_tokens)
+        metrics.count_tokens(gen.prompt_tokens, gen.cached_tokens, gen.completion_tokens)

@@ -8,6 +8,7 @@ import gc
 import logging
 import os
 import socket
+import ssl
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -16,7 +17,9 @@ import uvicorn
 
 from dynamo_cli.config.models import DynamoConfig
 from dynamo_cli.errors import StartupError
+from dynamo_cli.frontend.access import resolve_keys
 from dynamo_cli.frontend.client import WorkerClient
+from dynamo_cli.frontend.guard import Guard, admission_limit
 from dynamo_cli.frontend.limits import MIB, RequestLimits
 from dynamo_cli.frontend.metrics import FrontendMetrics
 from dynamo_cli.frontend.parsing import BodyParser
@@ -63,6 +66,21 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def tls_options(cfg: DynamoConfig) -> dict[str, Any]:
+    """uvicorn's TLS arguments, the files checked first: a missing one is a clear start-up error."""
+    f = cfg.frontend
+    if f.ssl_certfile is None:
+        return {}
+    for key in ("ssl_certfile", "ssl_keyfile", "ssl_ca_certs"):
+        path = getattr(f, key)
+        if path is not None and not os.path.isfile(path):
+            raise StartupError(f"frontend.{key} {path} is not a file", hint="check the path")
+    opts: dict[str, Any] = {"ssl_certfile": f.ssl_certfile, "ssl_keyfile": f.ssl_keyfile}
+    if f.ssl_ca_certs is not None:  # mutual TLS: a client without a certificate from that CA is refused
+        opts.update(ssl_ca_certs=f.ssl_ca_certs, ssl_cert_reqs=ssl.CERT_REQUIRED)
+    return opts
+
+
 class FrontendRole(Role):
     reregister = True
 
@@ -79,6 +97,8 @@ class FrontendRole(Role):
 
     async def start(self) -> dict[str, Any]:
         fcfg = self.cfg.frontend
+        keys = resolve_keys(fcfg.api_keys)  # first, with the TLS files: a bad one fails before any work
+        tls = tls_options(self.cfg)
         sock = bind_socket(fcfg.host, fcfg.port)  # first: a busy port fails fast, before any connection
         tokenizer = await asyncio.to_thread(ModelTokenizer, self.model.path, fast_encode=fcfg.fast_tokenizer)
         if self.cfg.engine == "vllm" and self.cfg.vllm.max_model_len:  # the engines take no longer
@@ -142,15 +162,26 @@ class FrontendRole(Role):
         gc.collect()
         gc.freeze()
         logger.info("frontend parsers: %s", state.setup.describe())
+        app = Guard(
+            build_app(state), fcfg, keys, metrics, self.model.name, admission_limit(fcfg, workers.__len__)
+        )
         config = uvicorn.Config(
-            build_app(state),
+            app,
             log_level="warning",
             access_log=False,
             lifespan="off",
             http="httptools",
             timeout_keep_alive=30,
             timeout_graceful_shutdown=int(self.cfg.supervisor.stop_timeout_s),
+            **tls,
         )
+        try:
+            config.load()  # here, so that a certificate or key that does not load is a clear error
+        except (ssl.SSLError, OSError) as e:
+            raise StartupError(
+                f"cannot serve TLS with frontend.ssl_certfile/ssl_keyfile ({e})",
+                hint="check that the key matches the certificate and both are PEM",
+            ) from None
         self.server = _Server(config)
         self._serve_task = asyncio.create_task(self.server.serve(sockets=[sock]), name="uvicorn")
         while not self.server.started:
@@ -160,17 +191,21 @@ class FrontendRole(Role):
             await asyncio.sleep(0.01)
         host, port = sock.getsockname()[:2]
         wildcard = host in ("0.0.0.0", "::")
-        url = f"http://{'127.0.0.1' if wildcard else host}:{port}"  # for this machine (the launcher)
+        scheme = fcfg.scheme
+        url = f"{scheme}://{'127.0.0.1' if wildcard else host}:{port}"  # for this machine (the launcher)
         # For the deployment's other processes, wherever they run: an address they can reach.
         reachable = advertised_host(self.cfg.infra.nats, host) if wildcard else host
         await self.discovery.register(
             protocol.FRONTEND,
-            {"url": f"http://{reachable}:{port}", "model": self.model.name, "host": socket.gethostname(),
+            {"url": f"{scheme}://{reachable}:{port}", "model": self.model.name, "host": socket.gethostname(),
              "pid": os.getpid()},
         )  # fmt: skip
         if self.cfg.disaggregated:
             self._tasks.append(asyncio.create_task(self._watch_queue(metrics), name="prefill-queue"))
-        logger.info("serving %s at %s/v1 (%d worker(s) known)", self.model.name, url, len(workers))
+        logger.info(
+            "serving %s at %s/v1 (%d worker(s) known%s)", self.model.name, url, len(workers),
+            f", {len(keys)} API key(s)" if keys else ", no API key: open",
+        )  # fmt: skip
         return {"url": url, "model": self.model.name}
 
     async def _watch_queue(self, metrics: FrontendMetrics) -> None:

@@ -19,6 +19,7 @@ import httpx
 
 from dynamo_cli.config.models import DynamoConfig
 from dynamo_cli.errors import StartupError
+from dynamo_cli.frontend.access import client_options, resolve_keys
 from dynamo_cli.planner.connector import Connector
 from dynamo_cli.planner.inputs import Inputs, describe, scrape
 from dynamo_cli.planner.policy import Decision, Observation, make_policy
@@ -68,7 +69,8 @@ class PlannerRole(Role):
         if self.discovery is not None:
             self.workers.reset(await self.discovery.watch(protocol.WORKER, self.workers.on_event))
             self.frontends.reset(await self.discovery.watch(protocol.FRONTEND, self.frontends.on_event))
-        self._http = httpx.AsyncClient(timeout=SCRAPE_TIMEOUT_S)
+        keys = resolve_keys(self.cfg.frontend.api_keys)  # for /metrics behind a key (frontend.metrics_auth)
+        self._http = httpx.AsyncClient(timeout=SCRAPE_TIMEOUT_S, **client_options(self.cfg.frontend, keys))
         self._task = asyncio.create_task(self._loop(), name="planner")
         p = self.cfg.planner
         return {"policy": p.policy, "interval_s": p.interval_s}

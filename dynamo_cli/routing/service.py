@@ -5,7 +5,7 @@ What keeps the view current:
 - discovery: workers joining and leaving (a worker that leaves has its index entries dropped);
 - `dyn.<ns>.kv_events`: what each worker stores and evicts; a gap in a worker's event ids triggers a
   resync from the worker's `kv_state` endpoint;
-- `dyn.<ns>.load`: each worker's published load;
+- `dyn.<ns>.load`: each worker's published load (in every mode: the worker series export it);
 - `dyn.<ns>.router.lifecycle`: first token and completion of routed requests (from frontends);
 - `dyn.<ns>.router.decisions`: other router replicas' decisions, so that every replica counts every
   request's load. Replicas converge because they all consume the same event, load and lifecycle
@@ -33,30 +33,53 @@ from dynamo_cli.routing.policies import NoWorkersError, make_policy
 from dynamo_cli.transport import protocol
 from dynamo_cli.transport.discovery import Discovery, DiscoveryEvent
 from dynamo_cli.transport.messaging import RequestPlane
+from dynamo_cli.transport.wire import LoadMetrics
 from dynamo_cli.transport.workers import InstanceSet
 
 logger = logging.getLogger(__name__)
 
 _DECISION_BUCKETS = (10e-6, 25e-6, 50e-6, 100e-6, 200e-6, 500e-6, 1e-3, 2e-3, 5e-3)
+_WORKER_SERIES = (
+    ("kv_usage", "Share of the worker's KV cache blocks in use (0-1), from its load reports"),
+    ("active_blocks", "KV cache blocks held by the worker's running requests"),
+    ("total_blocks", "KV cache blocks of the worker"),
+    ("running_requests", "Requests the worker's engine is running"),
+    ("waiting_requests", "Requests waiting in the worker's engine queue"),
+)
 
 
-class _WorkerBlocks:
-    """Per-worker block counts of the KV index, read at scrape time."""
+class _WorkerView:
+    """Per-worker series read at scrape time: what the KV index holds of each worker, and each live
+    worker's latest load report (a worker reports on change, so the last report is its state)."""
 
-    def __init__(self, core: KvRouter):
-        self.core = core
+    def __init__(self, core: KvRouter, workers: InstanceSet, loads: dict[int, LoadMetrics]):
+        self.core, self.workers, self.loads = core, workers, loads
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        g = GaugeMetricFamily(
+        blocks = GaugeMetricFamily(
             "dynamo_router_worker_blocks", "Blocks the KV index holds per worker", labels=["worker"]
         )
         for w in self.core.index.workers():
-            g.add_metric([f"{w:x}"], self.core.index.blocks_of(w))
-        yield g
+            blocks.add_metric([f"{w:x}"], self.core.index.blocks_of(w))
+        yield blocks
+        families = [
+            GaugeMetricFamily(f"dynamo_worker_{name}", what, labels=["worker"])
+            for name, what in _WORKER_SERIES
+        ]
+        for w, load in list(self.loads.items()):  # a copy: the router role scrapes from another thread
+            if self.workers.get(w) is None:
+                continue  # reported before discovery listed it, or after it left
+            values = (load.kv_usage, load.active_blocks, load.total_blocks, load.running, load.waiting)
+            for family, value in zip(families, values, strict=True):
+                family.add_metric([f"{w:x}"], value)
+        yield from families
 
 
 class RouterMetrics:
-    def __init__(self) -> None:
+    """The router's registry (served on the router's metrics URL, or on the frontend's /metrics when the
+    router is embedded). docs/metrics.md lists every series."""
+
+    def __init__(self, core: KvRouter, workers: InstanceSet) -> None:
         r = self.registry = CollectorRegistry()
         self.decisions = Counter("dynamo_router_decisions", "Routing decisions", ["mode"], registry=r)
         self.prompt_blocks = Counter("dynamo_router_prompt_blocks", "Full prompt blocks routed", registry=r)
@@ -81,6 +104,10 @@ class RouterMetrics:
             "In-flight requests this router counts (all replicas')",
             registry=r,
         )
+        self.tracked.set_function(core.tracked_requests)
+        self.indexed_blocks.set_function(lambda: len(core.index))
+        self.loads: dict[int, LoadMetrics] = {}  # worker id -> its latest load report
+        r.register(_WorkerView(core, workers, self.loads))
 
 
 class RoutingService:
@@ -91,14 +118,11 @@ class RoutingService:
         self.origin = origin  # this router's id, to skip our own broadcast decisions
         self.mode = cfg.router.mode
         self.workers = InstanceSet()
-        self.metrics = RouterMetrics()
         self.core = KvRouter(kv_block_size(cfg), cfg.router)
+        self.metrics = RouterMetrics(self.core, self.workers)
         self.policy = (
             make_policy(self.mode, cfg.router.seed) if self.mode in ("round-robin", "random") else None
         )
-        self.metrics.registry.register(_WorkerBlocks(self.core))
-        self.metrics.tracked.set_function(self.core.tracked_requests)
-        self.metrics.indexed_blocks.set_function(lambda: len(self.core.index))
         self._unsubs: list[Any] = []
         self._resyncing: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -111,9 +135,10 @@ class RoutingService:
         ns = self.cfg.namespace
         for inst in await self.discovery.watch(protocol.WORKER, self._on_worker):
             self._on_worker(DiscoveryEvent("put", inst))
+        # Load reports in every mode: kv and least-loaded route on them, and all export them.
+        self._unsubs.append(await self.plane.subscribe(protocol.load_subject(ns), self._on_load))
         if self.mode in ("kv", "least-loaded"):
             self._unsubs += [
-                await self.plane.subscribe(protocol.load_subject(ns), self._on_load),
                 await self.plane.subscribe(protocol.lifecycle_subject(ns), self._on_lifecycle),
                 await self.plane.subscribe(protocol.decisions_subject(ns), self._on_decision),
             ]
@@ -137,6 +162,8 @@ class RoutingService:
         self.workers.on_event(event)
         if event.kind == "delete":
             self.core.remove_worker(inst.instance_id)
+            for gone in [w for w in self.metrics.loads if self.workers.get(w) is None]:
+                del self.metrics.loads[gone]  # this worker's, and any report that came after a leave
         else:
             events = bool(inst.data.get("kv_events", True))
             self.core.add_worker(inst.instance_id, publishes_events=events)
@@ -191,6 +218,7 @@ class RoutingService:
     async def _on_load(self, data: bytes) -> None:
         worker, load = protocol.decode_load(data)
         self.core.update_load(worker, load)
+        self.metrics.loads[worker] = load  # exported while discovery lists the worker
 
     async def _on_lifecycle(self, data: bytes) -> None:
         rid, kind = msgpack.unpackb(data)

@@ -262,6 +262,32 @@ def test_worker_pods_get_time_to_drain() -> None:
         assert pod["terminationGracePeriodSeconds"] >= stop + 5  # drain bound + close bound
 
 
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_dashboard_configmap_holds_the_dashboard_for_grafanas_sidecar(version: str) -> None:
+    cfg = cfg_of("agg", "router.replicas=0", engine="mocker", namespace="team_a")
+    assert "team-a-dashboard" not in by_kind(k8s.manifests(cfg), "ConfigMap")  # only when asked
+    objs = k8s.manifests(cfg, namespace="monitoring", dashboard=True)
+    cm = by_kind(objs, "ConfigMap")["team-a-dashboard"]
+    kubernetes_validate.validate(cm, version, strict=True)
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["metadata"]["labels"]["app.kubernetes.io/instance"] == "team-a"
+    (text,) = cm["data"].values()
+    assert json.loads(text) == json.loads(k8s.dashboard_json())
+    assert json.loads(text)["title"] and json.loads(text)["panels"]
+    # through the YAML the command writes, the JSON comes back byte for byte
+    back = list(yaml.safe_load_all(k8s.to_yaml(objs)))
+    assert back == objs
+    assert len(text.encode()) < 1024 * 1024  # a ConfigMap's limit
+
+
+def test_cli_dashboard_flag_adds_the_configmap(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(["deploy", "k8s", "agg", "--engine", "mocker", "--dashboard"], capsys)
+    assert code == 0, err
+    docs = list(yaml.safe_load_all(out))
+    assert docs == k8s.manifests(cfg_of("agg", engine="mocker"), dashboard=True)
+    assert by_kind(docs, "ConfigMap")["dynamo-dashboard"]["metadata"]["labels"]["grafana_dashboard"] == "1"
+
+
 @pytest.mark.parametrize(
     ("cfg", "kwargs", "words"),
     [

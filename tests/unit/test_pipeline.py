@@ -139,7 +139,11 @@ async def test_usage_and_cached_tokens_come_from_the_first_output(tok: ModelToke
     }
     assert sample(metrics, "dynamo_frontend_input_tokens_total") == 20
     assert sample(metrics, "dynamo_frontend_output_tokens_total") == n
-    assert sample(metrics, "dynamo_frontend_cached_tokens_total") == 16
+    assert sample(metrics, "dynamo_frontend_cached_tokens_sum") == 16
+    # one observation per generated sequence, as NVIDIA Dynamo's ISL/OSL histograms
+    assert sample(metrics, "dynamo_frontend_input_sequence_tokens_count") == 1
+    assert sample(metrics, "dynamo_frontend_input_sequence_tokens_sum") == 20
+    assert sample(metrics, "dynamo_frontend_output_sequence_tokens_sum") == n
 
 
 async def test_latency_metrics_are_observed_per_token(tok: ModelTokenizer) -> None:
