@@ -180,9 +180,11 @@ class Connection:
             self.close()
 
 
-async def chat_once(ep: Endpoint, body: dict[str, Any], timeout: float) -> Streamed | None:
+async def chat_once(
+    ep: Endpoint, body: dict[str, Any], timeout: float, api_key: str | None = None
+) -> Streamed | None:
     """One streamed chat on a connection of its own (open-loop load); None if it failed."""
-    conn = Connection(ep, timeout=timeout)
+    conn = Connection(ep, api_key, timeout=timeout)
     try:
         return await conn.chat_stream(body)
     except HttpError:

@@ -39,6 +39,7 @@ class ProfileSpec:
     step_s: float = 10.0
     start_rps: float = 1.0
     max_rps: float = 64.0
+    api_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ async def run_step(base_url: str, model: str, rate: float, spec: ProfileSpec, *,
             "stream": True,
             "stream_options": {"include_usage": True},
         }
-        s = await chat_once(ep, body, timeout=max(60.0, 20 * spec.ttft_s))
+        s = await chat_once(ep, body, timeout=max(60.0, 20 * spec.ttft_s), api_key=spec.api_key)
         if s is None or s.ttft is None:
             return None
         return s.ttft, s.mean_itl, s.prompt_tokens or 0

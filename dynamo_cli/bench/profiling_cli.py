@@ -18,10 +18,12 @@ from dynamo_cli.errors import RuntimeFailure, StartupError
 
 
 @contextlib.contextmanager
-def _target(profile: str, extra: list[str], base_url: str | None) -> Iterator[tuple[str, str]]:
+def _target(
+    profile: str, extra: list[str], base_url: str | None, api_key: str | None
+) -> Iterator[tuple[str, str]]:
     if base_url is not None:
         try:
-            model = asyncio.run(served_model(base_url, None))
+            model = asyncio.run(served_model(base_url, api_key))
         except (HttpError, OSError) as e:
             raise StartupError(f"cannot reach {base_url}: {e}", hint="is the deployment running?") from None
         yield base_url, model
@@ -67,7 +69,7 @@ def run_profile(
             highlight=False,
         )
 
-    with _target(profile, extra, base_url) as (url, model):
+    with _target(profile, extra, base_url, spec.api_key) as (url, model):
         try:
             cap = asyncio.run(profile_worker(url, model, spec, show))
         except ValueError as e:

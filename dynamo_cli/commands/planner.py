@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -58,6 +59,10 @@ def profile(
         Optional[str],
         typer.Option(help="Measure a running deployment instead of starting one.", show_default=False),
     ] = None,
+    api_key: Annotated[
+        Optional[str],
+        typer.Option(help="Bearer token for --base-url (default: $OPENAI_API_KEY).", show_default=False),
+    ] = None,
     output: Annotated[
         Optional[Path],
         typer.Option("--output", "-o", help="Write the planner.sla settings as YAML.", show_default=False),
@@ -70,7 +75,8 @@ def profile(
 
     sla = PlannerSlaConfig()
     ttft_s, itl_s = (ttft_ms or sla.ttft_ms) / 1000, (itl_ms or sla.itl_ms) / 1000
-    spec = ProfileSpec(ttft_s, itl_s, isl, osl, step_s, max_rps=max_rps)
+    key = api_key or os.environ.get("OPENAI_API_KEY")
+    spec = ProfileSpec(ttft_s, itl_s, isl, osl, step_s, max_rps=max_rps, api_key=key)
     extra: list[str] = []
     for s in sets or []:
         extra += ["--set", s]

@@ -26,6 +26,7 @@ README = "README.md"
 ARCH = "docs/architecture.md"
 LIMITS = "docs/limits.md"
 MOCKER = "docs/mocker.md"
+SECURITY = "docs/security.md"
 
 D = load_config(None, environ={})  # the model defaults alone
 AGG = load_config("agg", environ={})
@@ -93,6 +94,8 @@ PHRASES: list[tuple[str, str]] = [
     (README, f"port, same data) {D.router.max_restarts} times {window} (`supervisor.restart_window_s`)"),
     (README, f"port, same data) {sup.infra_max_restarts} times {window} (`supervisor.restart_window_s`)"),
     (README, f"bodies over {g(fe.max_body_mb)} MiB get a 413"),
+    (README, f"Requests beyond `frontend.inflight_per_worker` ({fe.inflight_per_worker}) per worker"),
+    (README, f"a queue of `frontend.max_queued` ({fe.max_queued})"),
     (README, f"under the default `max_local_prefill_length` {D.disagg.max_local_prefill_length}"),
     (README, f"dynamo doctor # the default profile ({doctor_profile})"),
     (README, f"`policy: {D.planner.policy}` (default)"),
@@ -140,6 +143,19 @@ def test_the_limits_table_matches_the_frontend_defaults() -> None:
         assert re.fullmatch(r"\d{1,3}(,\d{3})*(\.\d+)?", default_cell), f"{LIMITS}: {key}: {default_cell!r}"
         quoted = float(default_cell.replace(",", ""))
         assert quoted == getattr(fe, key), f"{LIMITS}: frontend.{key} is {getattr(fe, key)}, not {quoted}"
+
+
+def test_the_overload_table_matches_the_frontend_defaults() -> None:
+    rows = table(SECURITY, "| key (`frontend.`) | default | what |")
+    assert len(rows) >= 6
+    for key_cell, default_cell, _ in rows:
+        key = key_cell.strip("`")
+        assert key in type(fe).model_fields, f"{SECURITY}: frontend.{key} is not a config key"
+        value = getattr(fe, key)
+        if default_cell == "none":
+            assert value is None, f"{SECURITY}: frontend.{key} is {value}, not none"
+        else:
+            assert float(default_cell.replace(",", "")) == value, f"{SECURITY}: frontend.{key} is {value}"
 
 
 def test_the_restarts_table_matches_the_defaults() -> None:
