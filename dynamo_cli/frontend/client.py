@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 
 import msgpack
 
+from dynamo_cli import tracing
 from dynamo_cli.config.models import DynamoConfig
 from dynamo_cli.engines import kv_block_size
 from dynamo_cli.errors import (
@@ -73,9 +74,16 @@ class WorkerClient:
         self.on_migration: Callable[[str], None] | None = None  # a request moves: why
         self.on_migrated: Callable[[str], None] | None = None  # a migrated request: finished or failed
         self._live: dict[int, set[ResponseStream]] = {}  # streams open on each worker
+        self.tracer = tracing.tracer(protocol.FRONTEND)  # DISABLED unless this process set it up
 
     async def _route(
-        self, model: str, request: EngineRequest, routing_id: str, hashes: list[int], exclude: list[int]
+        self,
+        model: str,
+        request: EngineRequest,
+        routing_id: str,
+        hashes: list[int],
+        exclude: list[int],
+        traceparent: str | None = None,
     ) -> Attempt:
         n = len(request.prompt_token_ids)
         avoid = exclude + self.workers.suspected()
@@ -94,7 +102,7 @@ class WorkerClient:
             try:
                 stream = await self.plane.request(
                     router.data["subject"],
-                    protocol.encode_route(model, n, avoid, routing_id, hashes),
+                    protocol.encode_route(model, n, avoid, routing_id, hashes, traceparent),
                     accept_timeout=self.fcfg.first_response_timeout_s,
                     idle_timeout=self.fcfg.first_response_timeout_s,
                 )
@@ -129,12 +137,41 @@ class WorkerClient:
         for stream in list(self._live.get(instance_id, ())):
             stream.fail(WorkerDiedError(f"worker {instance_id:x} died ({why})"))
 
-    async def generate(self, model: str, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
+    def generate(self, model: str, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
         """Stream ``request``'s outputs from a worker. Before any token has come back, a worker that
         cannot take the request is replaced (``max_retries``); after, the request migrates
         (``migration_limit``): another worker continues it from the prompt and the tokens so far, and
-        the caller sees one stream."""
-        current, payload = request, protocol.encode_generate(request)
+        the caller sees one stream. With tracing on, in a span whose traceparent the router and the
+        workers get."""
+        if self.tracer.enabled:
+            return self._traced(model, request)
+        return self._generate(model, request, None)
+
+    async def _traced(self, model: str, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
+        span = self.tracer.start("frontend.generate", request.request_id)
+        span.set_attribute("dynamo.prompt_tokens", len(request.prompt_token_ids))
+        tokens = 0
+        try:
+            async with contextlib.aclosing(self._generate(model, request, tracing.traceparent(span))) as outs:
+                async for out in outs:
+                    if out.token_ids and not tokens:
+                        span.add_event("first_token")
+                    tokens += len(out.token_ids)
+                    if out.finish_reason is not None:
+                        span.set_attribute("dynamo.finish_reason", out.finish_reason)
+                    yield out
+        except Exception as e:
+            span.record_exception(e)
+            span.set_attribute("error.type", type(e).__name__)
+            raise
+        finally:
+            span.set_attribute("dynamo.completion_tokens", tokens)
+            span.end()
+
+    async def _generate(
+        self, model: str, request: EngineRequest, traceparent: str | None
+    ) -> AsyncGenerator[EngineOutput, None]:
+        current, payload = request, protocol.encode_generate(request, traceparent)
         hashes = self._prompt_hashes(current)
         sent: list[int] = []  # token ids passed on, over every attempt
         exclude: list[int] = []
@@ -143,7 +180,7 @@ class WorkerClient:
             # Each attempt is its own routed request, so a retry never mixes up two workers' load.
             routing_id = request.request_id if attempt_no == 0 else f"{request.request_id}#{attempt_no}"
             try:
-                attempt = await self._route(model, current, routing_id, hashes, exclude)
+                attempt = await self._route(model, current, routing_id, hashes, exclude, traceparent)
             except NoWorkersError as e:
                 if not sent:
                     raise
@@ -202,7 +239,8 @@ class WorkerClient:
                 if self.on_migration is not None:
                     self.on_migration(reason)
                 current = moved
-                payload, hashes = protocol.encode_generate(current), self._prompt_hashes(current)
+                payload = protocol.encode_generate(current, traceparent)
+                hashes = self._prompt_hashes(current)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _attempt(

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import logging
 import socket
+import threading
 from typing import Any
 
+from dynamo_cli import tracing
 from dynamo_cli.config.models import DynamoConfig
 from dynamo_cli.engines.base import Engine
 from dynamo_cli.errors import RequestError, StartupError, UsageError
@@ -45,10 +48,19 @@ class Role(abc.ABC):
         self.discovery: EtcdDiscovery | None = None
         # A role sets this when it can no longer work (e.g. its engine died): the process then exits 1.
         self.failed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.tracer = tracing.DISABLED  # this role's own, from connect() on, when tracing is on
+
+    @property
+    def kind(self) -> str:
+        """The role without its index and host (``worker`` for ``worker-1@host``): its service.name."""
+        base = self.name.partition("@")[0]
+        head, sep, index = base.rpartition("-")
+        return head if sep and index.isdigit() else base
 
     async def connect(self, *, discovery: bool = True) -> None:
         """NATS, and etcd unless ``discovery`` is off (the etcd client runs gRPC threads, which a process
         that forks must not have: the launcher)."""
+        self.tracer = tracing.tracer(self.kind)
         nats_url = infra_url(self.cfg.infra.nats, DEFAULT_NATS, "nats")
         try:
             self.plane = await NatsRequestPlane.connect(nats_url, name=self.name)
@@ -90,10 +102,12 @@ async def serve_role(role: Role, stop_timeout: float) -> int:
     """The role process's whole life. Returns its exit code."""
     die_with_parent()
     shutdown = install_signal_handlers()
+    tracing.setup(role.cfg.tracing, role.kind)
     try:
         info = await role.start()
     except BaseException:
         await asyncio.wait_for(role.close(), stop_timeout)
+        await _flush_traces(role.kind)
         raise
     report_ready(info)
     logger.info("%s ready %s", role.name, info or "")
@@ -124,4 +138,31 @@ async def serve_role(role: Role, stop_timeout: float) -> int:
         await asyncio.wait_for(role.close(), 5)
     except asyncio.TimeoutError:
         logger.warning("%s: close timed out", role.name)
+    await _flush_traces(role.kind)
     return code
+
+
+async def _flush_traces(kind: str) -> None:
+    """Send the spans still buffered (tracing on). In a daemon thread, as the exporter blocks (retrying
+    an unreachable collector for seconds): the process does not wait for it past 5 s."""
+    if not tracing.tracer(kind).enabled:
+        return
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def finished() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    def flush() -> None:
+        try:
+            tracing.shutdown(kind)
+        finally:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
+                loop.call_soon_threadsafe(finished)
+
+    threading.Thread(target=flush, name="trace-flush", daemon=True).start()
+    try:
+        await asyncio.wait_for(done, 5)
+    except asyncio.TimeoutError:
+        logger.warning("tracing: spans not sent in 5 s were dropped")

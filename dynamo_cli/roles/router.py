@@ -66,12 +66,22 @@ class RouterRole(Role):
     async def _route(self, data: bytes, ctx: RequestContext) -> AsyncIterator[bytes]:
         assert self.service is not None
         req = protocol.decode_route(data)
+        rid = req.get("rid") or ""
+        span = None
+        if self.tracer.enabled and req.get("tp"):
+            span = self.tracer.start("router.route", rid, parent=req["tp"])
         try:
             worker, subject, overlap = self.service.route(
-                req["model"], req["n"], req.get("h") or [], req.get("exclude") or [], req.get("rid") or ""
+                req["model"], req["n"], req.get("h") or [], req.get("exclude") or [], rid
             )
         except NoWorkersError as e:
+            if span is not None:
+                span.set_attribute("error.type", "no_workers")
+                span.end()
             raise RemoteError(str(e), "no_workers") from e
+        if span is not None:
+            span.set_attributes({"dynamo.worker_id": f"{worker:x}", "dynamo.overlap_blocks": overlap})
+            span.end()
         yield msgpack.packb((worker, subject, overlap))
 
     async def drain(self) -> None:
@@ -86,4 +96,5 @@ class RouterRole(Role):
             await self.service.close()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
+            self._metrics_server.server_close()
         await super().close()

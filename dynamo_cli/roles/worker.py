@@ -98,19 +98,35 @@ class WorkerRole(Role):
 
     async def _generate(self, data: bytes, ctx: RequestContext) -> AsyncIterator[bytes]:
         assert self.engine is not None
-        request = protocol.decode_generate(data)
-        encode = protocol.encode_output
-        report = self._off_report
-        if self.remote is not None:
-            request, decision = await self.remote.prepare(request)
-            report = decision.report()
-        writer = await self._logprob_writer() if request.sampling.logprobs_json else None
-        async for out in self.engine.generate(request):
-            if report is not None:
-                out.disagg, report = _merge_reports(report, out.disagg), None
-            if writer is not None and out.logprobs:
-                out.logprobs_json, out.logprobs = writer.entries(out.token_ids, out.logprobs), None
-            yield encode(out)
+        request, traceparent = protocol.decode_generate_traced(data)
+        span = None
+        if traceparent is not None and self.tracer.enabled:
+            span = self.tracer.start("worker.generate", request.request_id, parent=traceparent)
+            span.set_attribute("dynamo.prompt_tokens", len(request.prompt_token_ids))
+        tokens = 0
+        try:
+            encode = protocol.encode_output
+            report = self._off_report
+            if self.remote is not None:
+                request, decision = await self.remote.prepare(request)
+                report = decision.report()
+            writer = await self._logprob_writer() if request.sampling.logprobs_json else None
+            async for out in self.engine.generate(request):
+                if report is not None:
+                    out.disagg, report = _merge_reports(report, out.disagg), None
+                if writer is not None and out.logprobs:
+                    out.logprobs_json, out.logprobs = writer.entries(out.token_ids, out.logprobs), None
+                if span is not None:
+                    if out.token_ids and not tokens:
+                        span.add_event("first_token", {"dynamo.cached_tokens": out.cached_tokens or 0})
+                    tokens += len(out.token_ids)
+                    if out.finish_reason is not None:
+                        span.set_attribute("dynamo.finish_reason", out.finish_reason)
+                yield encode(out)
+        finally:
+            if span is not None:
+                span.set_attribute("dynamo.completion_tokens", tokens)
+                span.end()
 
     async def _logprob_writer(self) -> LogprobJson:
         """The model's tokens as chat-logprob JSON heads, built once in a thread (~0.2 s)."""

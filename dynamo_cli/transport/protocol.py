@@ -46,7 +46,9 @@ _OPTIONAL: dict[str, Any] = {
 }
 
 
-def encode_generate(req: EngineRequest) -> bytes:
+def encode_generate(req: EngineRequest, traceparent: str | None = None) -> bytes:
+    """``traceparent`` (W3C, tracing on) makes the worker's span a child of the frontend's; a peer that
+    does not trace ignores it."""
     s = req.sampling
     m: dict[str, Any] = {
         "id": req.request_id,
@@ -66,11 +68,22 @@ def encode_generate(req: EngineRequest) -> bytes:
             m[name] = getattr(s, name)
     if s.logit_bias:
         m["logit_bias"] = [[t, b] for t, b in s.logit_bias.items()]
+    if traceparent is not None:
+        m["tp"] = traceparent
     return _pack(m)
 
 
 def decode_generate(data: bytes) -> EngineRequest:
+    return decode_generate_traced(data)[0]
+
+
+def decode_generate_traced(data: bytes) -> tuple[EngineRequest, str | None]:
+    """The request and the traceparent it came with (None: not traced)."""
     m = unpack(data)
+    return _request(m), m.get("tp")
+
+
+def _request(m: dict[str, Any]) -> EngineRequest:
     return EngineRequest(
         request_id=m["id"],
         prompt_token_ids=m["t"],
@@ -135,9 +148,17 @@ FIRST_TOKEN, COMPLETE = 1, 2
 
 
 def encode_route(
-    model: str, n_tokens: int, exclude: list[int], request_id: str = "", hashes: list[int] | None = None
+    model: str,
+    n_tokens: int,
+    exclude: list[int],
+    request_id: str = "",
+    hashes: list[int] | None = None,
+    traceparent: str | None = None,
 ) -> bytes:
-    return _pack({"model": model, "n": n_tokens, "exclude": exclude, "rid": request_id, "h": hashes or []})
+    m = {"model": model, "n": n_tokens, "exclude": exclude, "rid": request_id, "h": hashes or []}
+    if traceparent is not None:
+        m["tp"] = traceparent  # the router's decision span joins the request's trace
+    return _pack(m)
 
 
 def lifecycle_subject(namespace: str) -> str:

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "dynamo_cli"
 
 # Lowest first. A module may import its own layer and the ones below, never one above.
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "console", "lifecycle", "config"),
+    ("errors", "console", "lifecycle", "config", "tracing"),
     ("models", "transport", "kv"),
     ("engines",),
     ("routing", "disagg", "planner", "deploy"),
