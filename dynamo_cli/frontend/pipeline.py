@@ -12,7 +12,13 @@ from dynamo_cli.frontend.client import WorkerClient
 from dynamo_cli.frontend.metrics import FrontendMetrics
 from dynamo_cli.frontend.schemas import OpenAIError, Sampling
 from dynamo_cli.models.tokenizer import ModelTokenizer
-from dynamo_cli.transport.wire import EngineOutput, EngineRequest, SamplingOptions, TokenLogprobs
+from dynamo_cli.transport.wire import (
+    REQUEST_ERROR,
+    EngineOutput,
+    EngineRequest,
+    SamplingOptions,
+    TokenLogprobs,
+)
 
 
 def new_request_id(prefix: str) -> str:
@@ -172,6 +178,8 @@ async def run_generation(
                 last = now
                 gen.completion_tokens += n_new
             if out.error:
+                if out.error.startswith(REQUEST_ERROR):
+                    raise OpenAIError(400, out.error[len(REQUEST_ERROR) :], code="invalid_value")
                 raise OpenAIError(500, f"the worker failed the request: {out.error}", code="worker_error")
             text = detok.step(out.token_ids) if n_new else ""
             if out.finish_reason is not None:

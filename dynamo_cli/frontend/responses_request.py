@@ -167,6 +167,8 @@ def to_chat(req: ResponsesRequest, data: dict[str, Any]) -> dict[str, Any]:
     elif choice is not None:
         chat["tool_choice"] = choice
     fmt = (req.text or {}).get("format")
+    if fmt is not None and not isinstance(fmt, dict):
+        raise OpenAIError(400, "text.format: a format is an object", param="text.format")
     if fmt:
         kind = fmt.get("type")
         if kind == "json_schema":

@@ -215,9 +215,23 @@ def _json_schema(value: dict[str, Any] | str, param: str) -> dict[str, Any]:
     return value
 
 
+class CalledFunction(Req):
+    name: str
+    arguments: str | dict[str, Any] = "{}"  # OpenAI sends a JSON text; some clients an object
+
+
+class MessageToolCall(Req):
+    """A tool call of an earlier assistant turn (the history the chat template writes out)."""
+
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
 class ChatMessage(Req):
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str | list[dict[str, Any]] | None = None
+    tool_calls: list[MessageToolCall] | None = None
 
     def text(self) -> str:
         if isinstance(self.content, list):

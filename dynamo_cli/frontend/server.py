@@ -29,6 +29,7 @@ from dynamo_cli.frontend.http_responses import (
     sse_event,
 )
 from dynamo_cli.frontend.limits import BodyLimit
+from dynamo_cli.frontend.openapi import install_openapi
 from dynamo_cli.frontend.outputs import LogprobFormatter, call_delta
 from dynamo_cli.frontend.pipeline import Generation, build_generation, new_request_id, run_generation
 from dynamo_cli.frontend.prepare import Prepared, prepare
@@ -298,6 +299,7 @@ class Api(CompletionBodies):
 def build_app(state: FrontendState) -> BodyLimit:
     api = Api(state)
     app = FastAPI(title="dynamo-cli frontend", version="0.1.0", docs_url="/docs", redoc_url=None)
+    install_openapi(app)  # the routes read their bodies themselves: the schemas are published by hand
     route: Callable[..., Any] = app.router.add_route
     route("/v1/chat/completions", api.chat, methods=["POST"])
     route("/v1/completions", api.completions, methods=["POST"])

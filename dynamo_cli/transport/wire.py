@@ -68,6 +68,11 @@ class EngineRequest:
     kv_transfer_params: dict[str, Any] | None = None
 
 
+# An EngineOutput.error that starts with this is the request's fault (a grammar the vocabulary cannot
+# satisfy, say): the frontend answers 400, not 500, and no other worker is tried.
+REQUEST_ERROR = "invalid request: "
+
+
 @dataclass(slots=True)
 class EngineOutput:
     """One step of a request's stream: the new tokens since the previous output."""

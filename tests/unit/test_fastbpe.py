@@ -59,6 +59,13 @@ def test_whitespace_before_digits_follows_the_digits_split(smol: ModelTokenizer)
         assert smol.encode(text, add_special_tokens=False) == _reference(smol, text)
 
 
+def test_bytes_without_a_token_are_dropped_as_the_reference_drops_them(smol: ModelTokenizer) -> None:
+    text = "a\x04b \xc0\xff\U0006c22b x\x1d\x13"  # bytes SmolLM2's vocabulary has no token for
+    ids = smol.encode(text, add_special_tokens=False)
+    assert ids == smol.tokenizer.encode(text, add_special_tokens=False).ids
+    assert min(ids) >= 0
+
+
 def test_unknown_layouts_keep_the_reference(tmp_path: Path) -> None:
     folder = prepare_tokenizer_folder(tmp_path / "m")
     spec = json.loads((folder / "tokenizer.json").read_text())

@@ -18,7 +18,7 @@ import xxhash
 from dynamo_cli.config.models import MockerConfig
 from dynamo_cli.engines.mocker import logprobs
 from dynamo_cli.engines.mocker.request import Request
-from dynamo_cli.transport.wire import FinishReason, TokenLogprobs
+from dynamo_cli.transport.wire import REQUEST_ERROR, FinishReason, TokenLogprobs
 
 if TYPE_CHECKING:
     from dynamo_cli.engines.structured import GrammarSampler
@@ -206,7 +206,7 @@ class TokenSampler:
                 forced=req.forced,
             )
         except StructuredError as e:
-            req.error = f"structured output: {e}"
+            req.error = f"{REQUEST_ERROR}structured output: {e}"  # the grammar's, not the engine's fault
             return "error"
         reason: FinishReason | None = "stop" if sampler.finished else None
         if token is None:  # the grammar ended and the model has no EOS token to say so
