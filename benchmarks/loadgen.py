@@ -10,6 +10,7 @@ later one.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
@@ -30,15 +31,18 @@ class Result:
     errors: int = 0
     started: float = 0.0
     finished: float = 0.0
+    other: list[Sample] = field(default_factory=list)  # answers other than 200 (each counted in errors too)
+    late: float = 0.0  # open_loop: the most an arrival was sent after its time (s)
 
     @property
     def wall(self) -> float:
         return self.finished - self.started
 
 
-def _request_bytes(host: str, path: str, body: bytes) -> bytes:
+def _request_bytes(host: str, path: str, body: bytes, headers: dict[str, str] | None = None) -> bytes:
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
     return (
-        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n{extra}"
         f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n"
     ).encode() + body
 
@@ -71,14 +75,22 @@ async def _one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, paylo
 
 
 async def run_load(
-    url: str, path: str, bodies: list[bytes], *, concurrency: int, total: int, rate: float | None = None
+    url: str,
+    path: str,
+    bodies: list[bytes],
+    *,
+    concurrency: int,
+    total: int,
+    rate: float | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Result:
     """Send ``total`` requests over ``concurrency`` keep-alive connections, cycling through bodies.
     With ``rate`` (requests/s), request i is sent no earlier than i / rate seconds after the start (an
-    open-loop arrival, as long as a connection is free), so variants can be compared at equal load."""
+    open-loop arrival, as long as a connection is free), so variants can be compared at equal load.
+    ``headers`` are added to every request (e.g. Authorization)."""
     u = urlparse(url)
     host, port = u.hostname or "127.0.0.1", u.port or 80
-    payloads = [_request_bytes(f"{host}:{port}", path, b) for b in bodies]
+    payloads = [_request_bytes(f"{host}:{port}", path, b, headers) for b in bodies]
     result = Result()
     counter = iter(range(total))
 
@@ -99,11 +111,73 @@ async def run_load(
                     result.samples.append(s)
                 else:
                     result.errors += 1
+                    result.other.append(s)
         finally:
             writer.close()
 
     result.started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
+    result.finished = time.perf_counter()
+    return result
+
+
+async def open_loop(
+    url: str,
+    path: str,
+    bodies: list[bytes],
+    *,
+    rate: float,
+    duration: float,
+    poisson: bool = True,
+    seed: int = 0,
+    headers: dict[str, str] | None = None,
+) -> Result:
+    """Arrivals at ``rate`` a second for ``duration`` seconds (Poisson, or evenly spaced), each on a new
+    connection of its own: an arrival never waits for a free connection, so what queues is the server.
+    A sample's start is its arrival, before connecting: connecting counts in its TTFT. Returns once every
+    request has its answer (or failed: counted in errors)."""
+    u = urlparse(url)
+    host, port = u.hostname or "127.0.0.1", u.port or 80
+    payloads = [_request_bytes(f"{host}:{port}", path, b, headers) for b in bodies]
+    result = Result()
+    pending: set[asyncio.Task[None]] = set()
+
+    async def arrival(i: int) -> None:
+        t0 = time.perf_counter()
+        try:
+            reader, writer = await asyncio.open_connection(host, port, limit=1 << 22)
+        except OSError:
+            result.errors += 1
+            return
+        try:
+            s = await _one(reader, writer, payloads[i % len(payloads)])
+        except (asyncio.IncompleteReadError, OSError, ValueError):
+            result.errors += 1
+            return
+        finally:
+            writer.close()
+        s = Sample(t0, s.ttft + s.start - t0, s.end, s.chunks, s.status)
+        if s.status == 200:
+            result.samples.append(s)
+        else:
+            result.errors += 1
+            result.other.append(s)
+
+    rng = random.Random(seed)
+    result.started = time.perf_counter()
+    at, i = 0.0, 0
+    while at < duration:
+        delay = result.started + at - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        else:
+            result.late = max(result.late, -delay)
+        task = asyncio.create_task(arrival(i), name=f"arrival-{i}")
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+        i += 1
+        at += rng.expovariate(rate) if poisson else 1 / rate
+    await asyncio.gather(*pending)
     result.finished = time.perf_counter()
     return result
 
