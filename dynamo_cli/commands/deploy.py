@@ -35,6 +35,10 @@ grafana_dashboard: "1", which Grafana's dashboard sidecar loads. Prometheus find
 /metrics through its pods' prometheus.io annotations; the router and worker panels fill when the
 router runs in the frontend (--set router.replicas=0). The series: docs/metrics.md.
 
+With frontend.api_keys set, the frontend and planner read DYNAMO_API_KEY from the Secret
+PREFIX-api-keys, key `keys` (comma-separated), which you create; keys are never written into the
+manifests. TLS terminates at an Ingress or a mesh: the frontend.ssl_* keys are refused here.
+
 {o.PRECEDENCE_HELP}
 """
 

@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 from dynamo_cli.config.base import StrictModel
 
 REDACTED = "<redacted>"  # what is shown or written instead of an API key
+ENV_DEFAULT = "DYNAMO_API_KEY"  # its keys count whatever the profile says (as VLLM_API_KEY does)
 
 
 def is_reference(entry: str) -> bool:

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from dynamo_cli import __version__
+from dynamo_cli.config.frontend import ENV_DEFAULT
 from dynamo_cli.config.gpus import parse_gpu_list
 from dynamo_cli.config.loader import dump_config
 from dynamo_cli.config.models import DynamoConfig, Group, WorkerGroupConfig
@@ -87,12 +88,18 @@ def deployed_config(cfg: DynamoConfig) -> DynamoConfig:
             "frontend.port 0 (pick a free port) cannot be used on Kubernetes",
             hint="give a fixed port, e.g. --set frontend.port=8000",
         )
+    if cfg.frontend.ssl_certfile:
+        raise UsageError(
+            "frontend.ssl_certfile: the frontend's probes and Service speak plain HTTP on Kubernetes",
+            hint="terminate TLS at an Ingress or a service mesh, and leave the frontend.ssl_* keys unset",
+        )
     etcd, nats = service_urls(cfg)
     frontend_url = cfg.planner.frontend_url or f"http://{name_prefix(cfg)}-frontend:{cfg.frontend.port}"
     return cfg.model_copy(
         update={
             "infra": cfg.infra.model_copy(update={"etcd": etcd, "nats": nats}),
-            "frontend": cfg.frontend.model_copy(update={"host": "0.0.0.0"}),
+            # API keys come from the Secret, as DYNAMO_API_KEY (api_key_env): never in the ConfigMap.
+            "frontend": cfg.frontend.model_copy(update={"host": "0.0.0.0", "api_keys": []}),
             "planner": cfg.planner.model_copy(update={"frontend_url": frontend_url}),
         }
     )
@@ -180,6 +187,7 @@ class _Builder:
         self.pull = pull_policy
         self.prefix = name_prefix(cfg)
         self.profile = dump_config(deployed_config(cfg))
+        self.keyed = bool(cfg.frontend.api_keys)  # the frontend and planner read the keys' Secret
         self.profile_hash = hashlib.sha256(self.profile.encode()).hexdigest()
 
     def labels(self, component: str) -> dict[str, str]:
@@ -261,6 +269,8 @@ class _Builder:
 
     def role_pod(self, role: str, *, gpus: int = 0, account: str | None = None, **container: Any) -> Obj:
         env = [{"name": "CUDA_VISIBLE_DEVICES", "value": ",".join(map(str, range(gpus)))}] if gpus else []
+        if self.keyed and role in ("frontend", "planner"):
+            env.append(self.api_key_env())
         spec: Obj = {
             "name": role,
             "image": self.image,
@@ -283,6 +293,12 @@ class _Builder:
         else:
             pod["serviceAccountName"] = account
         return pod
+
+    def api_key_env(self) -> Obj:
+        """DYNAMO_API_KEY from the Secret <prefix>-api-keys (key `keys`, comma-separated), which the user
+        creates: keys are never written into the manifests."""
+        ref = {"name": f"{self.prefix}-api-keys", "key": "keys"}
+        return {"name": ENV_DEFAULT, "valueFrom": {"secretKeyRef": ref}}
 
     def role_deployment(
         self, role: str, replicas: int, pod: Obj | None = None, annotations: dict[str, str] | None = None

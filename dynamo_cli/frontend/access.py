@@ -13,10 +13,9 @@ import ssl
 from pathlib import Path
 from typing import Any
 
-from dynamo_cli.config.frontend import REDACTED, FrontendConfig
+from dynamo_cli.config.frontend import ENV_DEFAULT, REDACTED, FrontendConfig
 from dynamo_cli.errors import ConfigError
 
-ENV_DEFAULT = "DYNAMO_API_KEY"  # its keys count whatever the profile says (as VLLM_API_KEY does)
 ENV_CHILD = "DYNAMO_FRONTEND_API_KEYS"  # how the launcher hands resolved keys to its children
 
 

@@ -288,10 +288,27 @@ def test_cli_dashboard_flag_adds_the_configmap(capsys: pytest.CaptureFixture[str
     assert by_kind(docs, "ConfigMap")["dynamo-dashboard"]["metadata"]["labels"]["grafana_dashboard"] == "1"
 
 
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_api_keys_come_from_a_secret_and_never_into_the_manifests(version: str) -> None:
+    cfg = cfg_of("agg", "frontend.api_keys=[sk-never-written, env:MINE]", "planner.enabled=true")
+    objs = k8s.manifests(cfg)
+    assert "sk-never-written" not in k8s.to_yaml(objs) and "env:MINE" not in k8s.to_yaml(objs)
+    deployments = by_kind(objs, "Deployment")
+    for role in ("frontend", "planner"):
+        (container,) = deployments[f"dynamo-{role}"]["spec"]["template"]["spec"]["containers"]
+        (env,) = [e for e in container["env"] if e["name"] == "DYNAMO_API_KEY"]
+        assert env["valueFrom"]["secretKeyRef"] == {"name": "dynamo-api-keys", "key": "keys"}
+        kubernetes_validate.validate(deployments[f"dynamo-{role}"], version, strict=True)
+    (worker,) = deployments["dynamo-worker"]["spec"]["template"]["spec"]["containers"]
+    assert "env" not in worker
+    assert "DYNAMO_API_KEY" not in k8s.to_yaml(k8s.manifests(cfg_of("agg")))
+
+
 @pytest.mark.parametrize(
     ("cfg", "kwargs", "words"),
     [
         (lambda: cfg_of("agg", "frontend.port=0"), {}, "frontend.port 0"),
+        (lambda: cfg_of("agg", "frontend.ssl_certfile=/c.pem"), {}, "speak plain HTTP on Kubernetes"),
         (lambda: cfg_of("agg", namespace="9lives"), {}, "namespace '9lives'"),
         (lambda: cfg_of("agg", namespace="x" * 41), {}, "cannot start Kubernetes object names"),
         (lambda: cfg_of("agg"), {"namespace": "Team_A"}, "not a Kubernetes namespace"),
