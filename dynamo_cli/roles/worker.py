@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -31,6 +32,9 @@ from dynamo_cli.transport.wire import KvEvent, LoadMetrics
 logger = logging.getLogger(__name__)
 
 LOAD_INTERVAL_S = 0.1
+# An unchanged load is sent again this often, so that a router or planner that started (or missed a
+# message) after a worker went idle still learns of it.
+LOAD_REFRESH_S = 2.0
 
 
 class WorkerRole(Role):
@@ -172,11 +176,13 @@ class WorkerRole(Role):
         subject = protocol.load_subject(self.cfg.namespace)
         iid = self.discovery.instance_id
         last: LoadMetrics | None = None
+        sent_at = 0.0
         while True:
             load = self.engine.load()
-            if load != last:
+            now = time.monotonic()
+            if load != last or now - sent_at >= LOAD_REFRESH_S:
                 await self.plane.publish(subject, protocol.encode_load(iid, load))
-                last = load
+                last, sent_at = load, now
             await asyncio.sleep(LOAD_INTERVAL_S)
 
     # ---- stopping -------------------------------------------------------------------------------------
