@@ -118,6 +118,20 @@ def test_no_key_in_logs_config_events_command_lines_or_config_show(secured: Depl
         assert key not in everything
 
 
+def test_bench_over_https_with_a_key(secured: Deployment, ca: tuple[trustme.CA, Path]) -> None:
+    """`dynamo bench` takes an https URL (a private CA through SSL_CERT_FILE) and a key."""
+    _, d = ca
+    argv = [sys.executable, "-m", "dynamo_cli", "bench", "multi-round-qa", "--base-url", secured.base_url,
+            "--num-users", "2", "--num-rounds", "2", "--qps", "8", "--answer-len", "8", "--json"]  # fmt: skip
+    env = {**os.environ, "SSL_CERT_FILE": str(d / "ca.pem")}
+    ok = subprocess.run([*argv, "--api-key", ENV_KEY], capture_output=True, text=True, env=env, timeout=120)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    summary = json.loads(ok.stdout)
+    assert summary["requests"] == 4 and summary["failed"] == 0
+    refused = subprocess.run([*argv, "--api-key", "sk-wrong"], capture_output=True, text=True, env=env)
+    assert refused.returncode != 0 and ENV_KEY not in refused.stdout + refused.stderr
+
+
 def test_mutual_tls_refuses_a_client_without_a_certificate(
     tmp_path: Path, ca: tuple[trustme.CA, Path]
 ) -> None:
