@@ -121,22 +121,30 @@ class LocalConnector:
         kids = self.running.setdefault(group, {})
         self._shrink(group)  # scale down at once: drains run side by side
         lock = self._locks.setdefault(group, asyncio.Lock())
-        async with lock:  # scale up one worker at a time, into the lowest free slot
+        async with lock:  # scale up: every missing worker at once, into the lowest free slots
             while len(kids) < self.target[group]:
-                index = min(i for i in range(len(self.groups[group].slots)) if i not in kids)
-                spec = self.groups[group].spec(index, self.config_path, self.workdir)
-                self.starting[group] = self.starting.get(group, 0) + 1
+                free = [i for i in range(len(self.groups[group].slots)) if i not in kids]
+                batch = free[: self.target[group] - len(kids)]
+                self.starting[group] = self.starting.get(group, 0) + len(batch)
                 self.on_change()
-                try:
-                    kids[index] = await self.sup.add(spec, timeout=self.ready_timeout_s)
-                except DynamoError as e:
-                    logger.error("could not add %s: %s", spec.name, e.message)
+                started = await asyncio.gather(*(self._add(group, i) for i in batch))
+                if not all(started):
                     self.target[group] = len(kids)
                     return
-                finally:
-                    self.starting[group] -= 1
-                    self.on_change()
-            self._shrink(group)  # asked down while we were starting one
+            self._shrink(group)  # asked down while we were starting some
+
+    async def _add(self, group: Group, index: int) -> bool:
+        """Start the worker of slot ``index``; False if it could not start."""
+        spec = self.groups[group].spec(index, self.config_path, self.workdir)
+        try:
+            self.running[group][index] = await self.sup.add(spec, timeout=self.ready_timeout_s)
+            return True
+        except DynamoError as e:
+            logger.error("could not add %s: %s", spec.name, e.message)
+            return False
+        finally:
+            self.starting[group] -= 1
+            self.on_change()
 
     def _shrink(self, group: Group) -> None:
         """Take the highest slots out down to the target, each draining in a task of its own."""

@@ -212,7 +212,23 @@ def test_asked_down_while_starting(tmp_path: Path) -> None:
 
     calls, left = asyncio.run(go())
     assert left == [0]
-    assert calls == ["add worker-1", "remove worker-1"]
+    assert calls == ["add worker-1", "add worker-2", "remove worker-2", "remove worker-1"]
+
+
+def test_several_workers_start_side_by_side(tmp_path: Path) -> None:
+    async def go() -> tuple[dict[str, int], list[int], dict[str, int]]:
+        sup = FakeSupervisor(gated=True)
+        c = _connector(tmp_path, sup)
+        await c.scale("workers", 4, "step")
+        await until(lambda: len(sup.calls) == 3)  # all three asked for before any is ready
+        starting = dict(c.starting)
+        assert sup.gate is not None
+        sup.gate.set()
+        await c.settle()
+        return starting, sorted(c.running["workers"]), dict(c.starting)
+
+    starting, running, after = asyncio.run(go())
+    assert starting == {"workers": 3} and running == [0, 1, 2, 3] and after == {"workers": 0}
 
 
 def test_scale_outside_the_slots_is_refused(tmp_path: Path) -> None:
