@@ -103,6 +103,18 @@ class FrontendConfig(StrictModel):
     max_queued: int = Field(
         256, ge=0, description="Requests that may wait for an admission slot; beyond it, 503 at once."
     )
+    max_loop_lag_ms: float = Field(
+        250.0,
+        gt=0,
+        description="New requests get a 503 while the frontend's event loop runs this far behind: its own "
+        "CPU is the bottleneck, and refusing costs a tenth of serving.",
+    )
+    max_accept_queue: int = Field(
+        512,
+        ge=1,
+        description="New requests get a 503 while more connections than this wait in the kernel for the "
+        "frontend to accept them: its own CPU is the bottleneck (Linux; elsewhere only max_loop_lag_ms).",
+    )
     queue_timeout_s: float = Field(
         30.0, gt=0, description="Longest a request waits for an admission slot before a 503."
     )

@@ -9,6 +9,11 @@ control, each checked before the body is read, so a refused request costs next t
 - Admission (generation routes): at most `limit()` requests admitted at once, a streamed one until its
   last byte; up to frontend.max_queued more wait, first come first served, for at most
   frontend.queue_timeout_s. Beyond that, 503 with Retry-After: overloaded.
+- The frontend's own CPU: while more than frontend.max_accept_queue connections wait in the kernel to
+  be accepted, or its event loop runs more than frontend.max_loop_lag_ms behind, new generation
+  requests get a 503 at once (reason busy). Admission counts requests, but when the frontend itself is
+  the bottleneck, requests wait in the kernel's accept queue, where no limit applies; a refusal costs
+  about a tenth of a served request, so refusing is how it catches up.
 """
 
 from __future__ import annotations
@@ -17,11 +22,13 @@ import asyncio
 import collections
 import hmac
 import math
+import socket
+import struct
 import time
 from collections.abc import Callable
 
 import orjson
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dynamo_cli.config.frontend import FrontendConfig
 from dynamo_cli.frontend.limits import discard
@@ -100,6 +107,45 @@ class Admission:
         self.on_queue(len(self._waiters))
 
 
+class LoopLag:
+    """How late the event loop runs: a timer every PERIOD_S, and how late it fired last."""
+
+    PERIOD_S = 0.05
+
+    def __init__(self) -> None:
+        self.lag_s = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="loop-lag")
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            t0 = loop.time()
+            await asyncio.sleep(self.PERIOD_S)
+            self.lag_s = max(0.0, loop.time() - t0 - self.PERIOD_S)
+
+
+class AcceptQueue:
+    """Connections the kernel holds for a listening socket that are not accepted yet (Linux: TCP_INFO's
+    tcpi_unacked is the accept queue's length on a listening socket). 0 where that cannot be read."""
+
+    def __init__(self, sock: socket.socket | None):
+        self.sock = sock
+
+    def length(self) -> int:
+        if self.sock is None:
+            return 0
+        try:
+            info = self.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+            return int(struct.unpack_from("I", info, 24)[0])
+        except (OSError, AttributeError, struct.error):  # not Linux, or not TCP
+            self.sock = None
+            return 0
+
+
 class RateLimiter:
     """A token bucket per key: ``rate`` requests a second, ``burst`` at once."""
 
@@ -129,6 +175,7 @@ class Guard:
         metrics: FrontendMetrics,
         model: str,
         admission_limit: Callable[[], int],
+        listening: socket.socket | None = None,
     ):
         self.app = app
         self.keys = [k.encode() for k in keys]
@@ -138,6 +185,10 @@ class Guard:
         self.admission = Admission(
             admission_limit, cfg.max_queued, cfg.queue_timeout_s, on_queue=metrics.queued.set
         )
+        self.lag = LoopLag()
+        self.max_lag_s = cfg.max_loop_lag_ms / 1000
+        self.accept_queue = AcceptQueue(listening)
+        self.max_accept_queue = cfg.max_accept_queue
         rate = cfg.rate_limit_rps
         self.rates = None if rate is None else RateLimiter(rate, cfg.rate_limit_burst or max(1, int(rate)))
 
@@ -197,6 +248,18 @@ class Guard:
                 )
                 await _refuse(err, receive, send, [(b"retry-after", str(math.ceil(wait)).encode())])
                 return
+        self.lag.start()
+        waiting = self.accept_queue.length()
+        if waiting > self.max_accept_queue or self.lag.lag_s > self.max_lag_s:
+            self._count("busy")
+            err = OpenAIError(
+                503,
+                f"the server is busy ({waiting} connections wait to be accepted, its loop runs "
+                f"{self.lag.lag_s * 1000:.0f} ms behind); retry shortly",
+                code="overloaded",
+            )
+            await _refuse(err, receive, send, [(b"retry-after", str(OVERLOAD_RETRY_AFTER_S).encode())])
+            return
         adm = self.admission
         if not await adm.acquire():
             self._count("overloaded")
@@ -208,10 +271,23 @@ class Guard:
             )
             await _refuse(err, receive, send, [(b"retry-after", str(OVERLOAD_RETRY_AFTER_S).encode())])
             return
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                adm.release()
+
+        async def sending(message: Message) -> None:
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                release()  # the last byte is out: the client may send its next request now
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, sending)
         finally:
-            adm.release()
+            release()
 
     def _count(self, reason: str) -> None:
         self.metrics.rejected.labels(self.model, reason).inc()

@@ -32,7 +32,7 @@ class FrontendMetrics:
         ).labels(model)
         self.rejected = Counter(
             "dynamo_frontend_rejected_requests",
-            "Requests refused before any work: reason overloaded (503), rate_limited (429) or "
+            "Requests refused before any work: reason overloaded or busy (503), rate_limited (429) or "
             "unauthorized (401)",
             ["model", "reason"],
             registry=r,

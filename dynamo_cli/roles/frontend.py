@@ -162,9 +162,8 @@ class FrontendRole(Role):
         gc.collect()
         gc.freeze()
         logger.info("frontend parsers: %s", state.setup.describe())
-        app = Guard(
-            build_app(state), fcfg, keys, metrics, self.model.name, admission_limit(fcfg, workers.__len__)
-        )
+        limit = admission_limit(fcfg, workers.__len__)
+        app = Guard(build_app(state), fcfg, keys, metrics, self.model.name, limit, listening=sock)
         config = uvicorn.Config(
             app,
             log_level="warning",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from dynamo_cli.config.models import DynamoConfig
 from dynamo_cli.errors import ConfigError
 from dynamo_cli.frontend import guard
 from dynamo_cli.frontend.access import ENV_CHILD, ENV_DEFAULT, client_options, for_children, resolve_keys
-from dynamo_cli.frontend.guard import Admission, Guard, RateLimiter, admission_limit
+from dynamo_cli.frontend.guard import AcceptQueue, Admission, Guard, RateLimiter, admission_limit
 from dynamo_cli.frontend.metrics import FrontendMetrics
 
 
@@ -209,3 +210,58 @@ async def test_guard_sheds_overload_with_503_and_retry_after() -> None:
     assert (await first)[0] == 200
     assert g.admission.active == 0
     assert m.rejected.labels("m", "overloaded")._value.get() == 1
+
+
+async def test_the_slot_is_free_once_the_last_byte_is_sent() -> None:
+    """A streamed response lingers after its last byte (disconnect watch, closing the generator); the
+    client's next request must find the slot free by then."""
+    m = FrontendMetrics("m")
+    linger, lingering = asyncio.Event(), asyncio.Event()
+    g: Guard
+
+    async def streamed(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+        assert g.admission.active == 0  # released with the last byte, before the app returns
+        lingering.set()
+        await linger.wait()
+
+    g = Guard(streamed, FrontendConfig(max_queued=0), [], m, "m", lambda: 1)
+    first = asyncio.create_task(_call(g, "/v1/chat/completions"))
+    await lingering.wait()
+    assert not first.done()
+    linger.set()
+    assert (await first)[0] == 200
+    assert g.admission.active == 0  # and not released twice
+
+
+async def test_a_frontend_behind_on_its_own_cpu_refuses_new_requests() -> None:
+    m = FrontendMetrics("m")
+    g = Guard(_App(), FrontendConfig(max_loop_lag_ms=100), [], m, "m", lambda: 10)
+    g.lag.lag_s = 0.3  # as the timer would find it on a saturated loop
+    status, hdrs = await _call(g, "/v1/completions")
+    assert status == 503 and hdrs["retry-after"] == "1"
+    assert (await _call(g, "/health", method="GET"))[0] == 200
+    assert m.rejected.labels("m", "busy")._value.get() == 1
+    g.lag.lag_s = 0.0
+    assert (await _call(g, "/v1/completions"))[0] == 200
+
+
+def test_the_accept_queue_is_read_from_the_listening_socket() -> None:
+    """Connections the kernel completed that nobody accepted yet (the unit tier opens no network socket:
+    a socketpair stands in, whose TCP_INFO cannot be read, so the queue reads 0 and is not asked again)."""
+    a, b = socket.socketpair()
+    with a, b:
+        q = AcceptQueue(a)
+        assert q.length() == 0 and q.sock is None
+    assert AcceptQueue(None).length() == 0
+
+
+async def test_a_long_accept_queue_refuses_new_requests() -> None:
+    m = FrontendMetrics("m")
+    g = Guard(_App(), FrontendConfig(max_accept_queue=8), [], m, "m", lambda: 10)
+    g.accept_queue.length = lambda: 9  # type: ignore[method-assign]
+    status, _ = await _call(g, "/v1/chat/completions")
+    assert status == 503 and m.rejected.labels("m", "busy")._value.get() == 1
+    g.accept_queue.length = lambda: 8  # type: ignore[method-assign]
+    assert (await _call(g, "/v1/chat/completions"))[0] == 200
