@@ -54,7 +54,7 @@ import httpx
 import orjson
 
 from benchmarks.api_parity import WEATHER
-from benchmarks.loadgen import cpu_seconds, pct, pin_apart, run_load
+from benchmarks.loadgen import cpu_seconds, descendants, pct, pin_apart, run_load
 from benchmarks.workload import chat
 from dynamo_cli.deployment.servers import ServerPlan, etcd_version, nats_info, plan_etcd, plan_nats
 from dynamo_cli.lifecycle import READY_FD_ENV
@@ -183,25 +183,6 @@ def read_stats(path: Path) -> dict[str, int]:
     return json.loads(path.read_text())
 
 
-def _tree() -> list[int]:
-    """This process and all its descendants: the client, the servers and roles, their helpers."""
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    parents[int(entry)] = int(f.read().rsplit(") ", 1)[1].split()[1])
-            except OSError:
-                continue
-    tree, frontier = [os.getpid()], [os.getpid()]
-    while frontier:
-        parent = frontier.pop()
-        kids = [child for child, ppid in parents.items() if ppid == parent]
-        tree += kids
-        frontier += kids
-    return tree
-
-
 def _machine_busy() -> float:
     """CPU seconds the machine's processes have run, and the hypervisor has taken (steal), from /proc/stat.
     Interrupts are left out: loopback traffic, ours included, is counted there and in no process."""
@@ -242,7 +223,7 @@ def measure(args: argparse.Namespace, ready: dict[str, Any], stats: Path) -> dic
         run_load(url, PATH, payloads["plain"], concurrency=args.concurrency, total=200, rate=args.rate)
     )
     before = read_stats(stats)
-    pids = _tree()
+    pids = descendants()
 
     def one(name: str) -> Run:
         t0, busy0, ours0 = cpu_seconds(frontend), _machine_busy(), _ours(pids)

@@ -190,6 +190,16 @@ def pin_apart(pid: int) -> None:
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         raise SystemExit("--pin needs at least 2 CPUs")
+    tree = descendants()
+    for proc in tree:
+        for tid in os.listdir(f"/proc/{proc}/task"):
+            os.sched_setaffinity(int(tid), {cpus[0]} if proc == pid else set(cpus[1:]))
+
+
+def descendants() -> list[int]:
+    """This process and all its descendants (the client, the servers and roles, their helpers)."""
+    import os
+
     parents: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -198,15 +208,13 @@ def pin_apart(pid: int) -> None:
                     parents[int(entry)] = int(f.read().rsplit(") ", 1)[1].split()[1])
             except OSError:
                 continue
-    tree, frontier = {os.getpid()}, [os.getpid()]
+    tree, frontier = [os.getpid()], [os.getpid()]
     while frontier:
         parent = frontier.pop()
         kids = [child for child, ppid in parents.items() if ppid == parent]
-        tree.update(kids)
-        frontier.extend(kids)
-    for proc in tree:
-        for tid in os.listdir(f"/proc/{proc}/task"):
-            os.sched_setaffinity(int(tid), {cpus[0]} if proc == pid else set(cpus[1:]))
+        tree += kids
+        frontier += kids
+    return tree
 
 
 def pct(values: list[float], q: float) -> float:
