@@ -20,6 +20,7 @@ import pytest
 import trustme
 
 from dynamo_cli.deployment.handle import Deployment, start
+from tests.e2e.helpers import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -49,6 +50,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory, ca: tuple[trustme.CA, Path
     dep = start(
         tmp, "agg", "--engine", "mocker", "--speedup", "50",
         "--api-key-file", str(keys), "--api-key", FLAG_KEY, "--ssl-certfile", str(d / "server.pem"),
+        "--planner", "--set", "planner.interval_s=0.5", "--set", "frontend.metrics_auth=true",
         env={"DYNAMO_API_KEY": ENV_KEY},
     )  # fmt: skip
     yield dep
@@ -81,13 +83,25 @@ def test_https_with_any_configured_key_and_401_without(
     with httpx.Client(verify=_trust(d)) as http:
         assert http.get(f"{secured.url}/health").status_code == 200
         assert http.get(f"{secured.url}/live").status_code == 200
-        metrics = http.get(f"{secured.url}/metrics")
+        assert http.get(f"{secured.url}/metrics").status_code == 401  # frontend.metrics_auth
+        metrics = http.get(f"{secured.url}/metrics", headers={"Authorization": f"Bearer {ENV_KEY}"})
         assert metrics.status_code == 200
         assert 'dynamo_frontend_rejected_requests_total{model="' in metrics.text
         r = http.post(f"{secured.url}/v1/completions", json={"model": secured.model, "prompt": "x"})
         assert r.status_code == 401 and r.json()["error"]["type"] == "invalid_request_error"
     with pytest.raises(httpx.ConnectError):  # the certificate is checked: without the CA it fails
         httpx.get(f"{secured.url}/health")
+
+
+def test_the_planner_scrapes_over_https_with_a_key(secured: Deployment) -> None:
+    """/metrics behind a key and TLS: the planner's observations keep coming (a failed scrape skips the
+    interval and sends none)."""
+    wait_for(
+        lambda: sum(e.get("event") == "observation" for e in list(secured.events)) >= 3,
+        30,
+        "three planner observations",
+    )
+    assert "planner interval skipped" not in secured.log_text()
 
 
 def test_no_key_in_logs_config_events_command_lines_or_config_show(secured: Deployment) -> None:
