@@ -255,7 +255,9 @@ class EtcdDiscovery(Discovery):
             watch = None
             while True:
                 try:
-                    watch = await self._client.watch_prefix(prefix, start_revision=revision + 1)
+                    opened = self._client.watch_prefix(prefix, start_revision=revision + 1)
+                    watch = await asyncio.wait_for(opened, self._ttl)
+                    assert watch is not None
                     self._watches.append(watch)
                     async for event in watch:
                         revision = max(revision, int(event.kv.mod_revision))
@@ -300,7 +302,8 @@ class EtcdDiscovery(Discovery):
         self.keeper.stop()
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:  # bounded: a watch being created in aetcd does not always end when cancelled
+            await asyncio.wait(self._tasks, timeout=2)
         for watch in self._watches:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(watch.cancel(), 2)
