@@ -147,13 +147,11 @@ def main() -> None:
     )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    # What a user sets: the bounds and the targets. Everything else is the profile's default.
     defaults = [
-        "interval_s=2",
         f"workers.max={args.max_workers}",
-        "load.hysteresis=2",
-        "load.cooldown_s=3",
-        "load.kv_high=0.4",
-        "load.kv_low=0.2",
+        f"sla.ttft_ms={args.ttft_ms:g}",
+        f"sla.itl_ms={args.itl_ms:g}",
     ]
     given = {s.split("=", 1)[0] for s in args.planner_sets}
     args.planner_sets = [s for s in defaults if s.split("=", 1)[0] not in given] + args.planner_sets

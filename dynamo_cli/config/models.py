@@ -240,7 +240,9 @@ class PlannerSlaConfig(StrictModel):
         None, gt=0, description="Output tokens/s one worker generates within the ITL target (profiled)."
     )
     headroom: float = Field(0.9, gt=0, le=1, description="Plan each worker at this share of its capacity.")
-    max_step: int = Field(1, ge=1, description="Workers a group may gain or lose per interval.")
+    max_step: int = Field(
+        4, ge=1, description="Workers a group may gain per interval (it loses one at most): up fast."
+    )
     window: int = Field(6, ge=1, le=100, description="Intervals the load predictor looks back over.")
     scale_down_intervals: int = Field(
         3, ge=1, description="Intervals in a row wanting fewer workers before one is removed."
@@ -251,10 +253,13 @@ class PlannerConfig(StrictModel):
     """Scales the worker groups of a deployment (issue 7): inside `dynamo run`, or on Kubernetes."""
 
     enabled: bool = Field(False, description="Run the planner.")
-    policy: Literal["load", "sla"] = Field(
-        "load", description="load: KV-use and prefill-queue thresholds; sla: capacity from a worker profile."
+    policy: Literal["auto", "sla", "load"] = Field(
+        "auto",
+        description="sla: workers from the targets and what one worker serves within them (a profile, or "
+        "the mocker's own timing model); load: KV-use and prefill-queue thresholds; auto: sla where that "
+        "capacity is known, else load.",
     )
-    interval_s: float = Field(10.0, ge=0.1, description="How often the planner observes and decides.")
+    interval_s: float = Field(2.0, ge=0.1, description="How often the planner observes and decides.")
     workers: PlannerBounds = Field(
         default_factory=PlannerBounds, description="Bounds of the (aggregated or decode) workers."
     )
@@ -266,16 +271,6 @@ class PlannerConfig(StrictModel):
     frontend_url: str | None = Field(
         None, description="Where to scrape the frontend's /metrics (default: from discovery)."
     )
-
-    @model_validator(mode="after")
-    def _check(self) -> PlannerConfig:
-        s = self.sla
-        if self.enabled and self.policy == "sla" and not (s.prefill_tokens_per_s and s.decode_tokens_per_s):
-            raise ValueError(
-                "the sla policy needs planner.sla.prefill_tokens_per_s and decode_tokens_per_s: "
-                "measure them with `dynamo planner profile`"
-            )
-        return self
 
 
 class SupervisorConfig(StrictModel):
@@ -317,6 +312,13 @@ class DynamoConfig(StrictModel):
     def _check_planner(self) -> DynamoConfig:
         if not self.planner.enabled:
             return self
+        s = self.planner.sla
+        profiled = s.prefill_tokens_per_s and s.decode_tokens_per_s
+        if self.planner.policy == "sla" and self.engine != "mocker" and not profiled:
+            raise ValueError(
+                "the sla policy needs planner.sla.prefill_tokens_per_s and decode_tokens_per_s for "
+                f"engine {self.engine}: measure them with `dynamo planner profile`"
+            )
         groups = [("workers", self.workers)]
         if self.disaggregated:
             groups.append(("prefill_workers", self.prefill_workers))

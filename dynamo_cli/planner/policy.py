@@ -7,7 +7,9 @@ Pure functions of their inputs (no I/O, no clock), so every decision can be repl
   intervals in a row before a group moves, by one worker at most, and a group that moved waits
   ``cooldown_s`` before it moves again.
 - ``SlaPolicy`` (Dynamo's SLA planner): the workers each group needs next interval, from a prediction of
-  the next interval's load and a profile of what one worker sustains within the TTFT and ITL targets.
+  the next interval's load and what one worker sustains within the TTFT and ITL targets (a Capacity:
+  a profile, or the mocker's own timing model), refined by the latency each interval got. Up by as
+  many workers as the gap calls for (``max_step``), down by one once the lower need has lasted.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 
 from dynamo_cli.config.models import DynamoConfig, Group, PlannerLoadConfig, PlannerSlaConfig
 from dynamo_cli.errors import UsageError
+from dynamo_cli.planner.capacity import Capacity, Kind, MockerCapacity, ProfiledCapacity, Refinement, Targets
 
 
 @dataclass(frozen=True)
@@ -107,14 +110,6 @@ class LoadPolicy:
         return Decision(group, current, target, reason)
 
 
-@dataclass(frozen=True)
-class WorkerProfile:
-    """What one worker sustains within the targets, measured by `dynamo planner profile`."""
-
-    prefill_tokens_per_s: float  # prompt tokens/s one worker prefills with TTFT within target
-    decode_tokens_per_s: float  # output tokens/s one worker generates with ITL within target
-
-
 class Predictor:
     """Next interval's value: a moving average plus the recent linear trend (never below zero)."""
 
@@ -140,47 +135,76 @@ class Predictor:
 
 @dataclass
 class SlaPolicy:
-    profile: WorkerProfile
+    """Workers from the targets: each group gets the workers its predicted load needs at what one
+    worker serves within the targets (a Capacity, refined by what the deployment observed)."""
+
+    capacity: Capacity
     bounds: dict[Group, Bounds]
-    config: PlannerSlaConfig  # headroom, max_step, the predictor's window, scale_down_intervals
+    config: PlannerSlaConfig  # targets, headroom, max_step, the predictor's window, scale_down_intervals
     _down: dict[Group, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.headroom = self.config.headroom  # plan each worker at this share of its profiled capacity
-        self.max_step = self.config.max_step  # workers a group may move per interval
-        # intervals in a row wanting fewer workers before one goes (up is at once)
-        self.down_after = self.config.scale_down_intervals
-        self.rate, self.isl, self.osl = (Predictor(self.config.window) for _ in range(3))
+        c = self.config
+        self.targets = Targets(c.ttft_ms / 1000, c.itl_ms / 1000)
+        self.headroom = c.headroom  # plan each worker at this share of its capacity
+        self.max_step = c.max_step  # workers a group may gain per interval (it loses one at most)
+        self.down_after = c.scale_down_intervals  # intervals in a row wanting fewer before one goes
+        self.rate, self.isl, self.osl = (Predictor(c.window) for _ in range(3))
+        self.learned = {g: Refinement(self.targets) for g in self.bounds}
 
     def decide(self, obs: Observation) -> list[Decision]:
         self.rate.add(obs.request_rate)
         if obs.request_rate > 0:
             self.isl.add(obs.avg_isl)
             self.osl.add(obs.avg_osl)
-        rate, isl, osl = self.rate.predict(), self.isl.predict(), self.osl.predict()
+        # Up at once: a step in the load counts before the trend has seen it.
+        rate = max(self.rate.predict(), obs.request_rate)
+        isl, osl = self.isl.predict(), self.osl.predict()
         disagg = "prefill_workers" in obs.replicas and "prefill_workers" in self.bounds
-        need: dict[Group, tuple[float, str]] = {}
-        prefill = rate * isl / (self.profile.prefill_tokens_per_s * self.headroom)
-        decode = rate * osl / (self.profile.decode_tokens_per_s * self.headroom)
-        load = f"predicted {rate:.2f} req/s x ({isl:.0f} in, {osl:.0f} out) tokens"
-        if disagg:
-            need["prefill_workers"] = (prefill, f"{load}: {prefill:.2f} prefill workers' worth")
-            need["workers"] = (decode, f"{load}: {decode:.2f} decode workers' worth")
-        else:  # an aggregated worker does both: their times add up
-            need["workers"] = (prefill + decode, f"{load}: {prefill + decode:.2f} workers' worth")
+        kinds: dict[Group, Kind] = (
+            {"prefill_workers": "prefill", "workers": "decode"} if disagg else {"workers": "agg"}
+        )
         out = []
-        for group, (workers, why) in need.items():
+        for group, kind in kinds.items():
             if group not in self.bounds or group not in obs.replicas:
                 continue
             current = obs.replicas[group]
-            wanted = self.bounds[group].clamp(math.ceil(workers - 1e-9))
+            model = self.capacity.max_rate(isl, osl, kind)
+            ttft = obs.ttft_s if kind != "decode" else None  # what each kind of worker answers for
+            itl = obs.itl_s if kind != "prefill" else None
+            if obs.request_rate > 0 and current > 0:
+                self.learned[group].observe(obs.request_rate / current, model, ttft, itl)
+            factor = self.learned[group].factor
+            per_worker = model * factor * self.headroom
+            need = rate / per_worker if per_worker > 0 else float(self.bounds[group].max)
+            b = self.bounds[group]
+            wanted = b.clamp(math.ceil(need - 1e-9))
             self._down[group] = self._down.get(group, 0) + 1 if wanted < current else 0
-            if wanted < current and self._down[group] < self.down_after and current <= self.bounds[group].max:
-                continue  # a dip of one interval is noise: shrink only when it lasts
-            target = current + max(-self.max_step, min(self.max_step, wanted - current))
-            if target != current:
-                out.append(Decision(group, current, target, f"{why}, want {wanted}"))
+            if wanted < current and self._down[group] < self.down_after and current <= b.max:
+                continue  # a dip of a few intervals is noise: shrink only when it lasts
+            step = min(self.max_step, wanted - current) if wanted > current else -1
+            target = b.clamp(current + step) if wanted != current else current
+            if current > b.max:
+                target = b.max
+            if target == current:
+                continue
+            seen = _seen(obs, ttft, itl)
+            why = (
+                f"{seen}; predicted {rate:.2f} req/s x ({isl:.0f} in, {osl:.0f} out); a {kind} worker "
+                f"serves {per_worker:.2f} req/s ({self.capacity.describe()}, x{factor:.2f} learned, "
+                f"x{self.headroom:g} headroom): {need:.2f} workers' worth, want {wanted}"
+            )
+            out.append(Decision(group, current, target, why))
         return out
+
+
+def _seen(obs: Observation, ttft: float | None, itl: float | None) -> str:
+    parts = [f"observed {obs.request_rate:.2f} req/s"]
+    if ttft is not None:
+        parts.append(f"TTFT {ttft * 1000:.0f} ms")
+    if itl is not None:
+        parts.append(f"ITL {itl * 1000:.1f} ms")
+    return ", ".join(parts)
 
 
 Policy = LoadPolicy | SlaPolicy
@@ -195,15 +219,26 @@ def planned_groups(cfg: DynamoConfig) -> dict[Group, Bounds]:
     return out
 
 
+def capacity_of(cfg: DynamoConfig) -> Capacity | None:
+    """What one worker serves within the targets: the profile given, or the mocker's own timing model;
+    None for an engine without a profile."""
+    s = cfg.planner.sla
+    if s.prefill_tokens_per_s and s.decode_tokens_per_s:
+        return ProfiledCapacity(s.prefill_tokens_per_s, s.decode_tokens_per_s)
+    if cfg.engine == "mocker":
+        return MockerCapacity(cfg.mocker, Targets(s.ttft_ms / 1000, s.itl_ms / 1000))
+    return None
+
+
 def make_policy(cfg: DynamoConfig) -> Policy:
     p = cfg.planner
     bounds = planned_groups(cfg)
-    if p.policy == "load":
+    capacity = capacity_of(cfg)
+    if p.policy == "load" or (p.policy == "auto" and capacity is None):
         return LoadPolicy(p.load, bounds)
-    s = p.sla
-    if not (s.prefill_tokens_per_s and s.decode_tokens_per_s):
+    if capacity is None:
         raise UsageError(
-            "the sla policy needs planner.sla.prefill_tokens_per_s and decode_tokens_per_s",
+            "the sla policy needs planner.sla.prefill_tokens_per_s and decode_tokens_per_s for this engine",
             hint="measure them with `dynamo planner profile PROFILE`",
         )
-    return SlaPolicy(WorkerProfile(s.prefill_tokens_per_s, s.decode_tokens_per_s), bounds, s)
+    return SlaPolicy(capacity, bounds, p.sla)

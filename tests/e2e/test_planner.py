@@ -26,7 +26,7 @@ INTERVAL_S = 0.5
 OUTPUT_TOKENS = 48
 PLANNER = [
     "--engine", "mocker", "--workers", "1", "--planner", "--speedup", "2",
-    "--set", f"planner.interval_s={INTERVAL_S}",
+    "--set", f"planner.interval_s={INTERVAL_S}", "--set", "planner.policy=load",
     "--set", "planner.workers.min=1", "--set", "planner.workers.max=3",
     "--set", "planner.load.hysteresis=2", "--set", "planner.load.cooldown_s=1",
     "--set", "planner.load.kv_high=0.6", "--set", "planner.load.kv_low=0.25",
@@ -161,6 +161,7 @@ def test_prefill_queue_grows_and_shrinks_the_prefill_workers(tmp_path: Path) -> 
         "--set", "disagg.conditional_disagg=false", "--set", "disagg.max_prefill_queue_size=1000",
         "--set", "mocker.prefill_ms=[0,0.5,10]",
         "--set", f"planner.interval_s={INTERVAL_S}", "--set", "planner.load.cooldown_s=1",
+        "--set", "planner.policy=load",
         "--set", "planner.workers.min=1", "--set", "planner.workers.max=1",
         "--set", "planner.prefill_workers.min=1", "--set", "planner.prefill_workers.max=2",
         "--set", "planner.load.queue_high=1", "--set", "planner.load.queue_low=0.2",

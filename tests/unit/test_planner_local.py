@@ -16,6 +16,7 @@ from dynamo_cli.deployment.scaling import LocalConnector, worker_groups
 from dynamo_cli.deployment.supervisor import Child, ProcessSpec
 from dynamo_cli.errors import StartupError, UsageError
 from dynamo_cli.frontend.metrics import FrontendMetrics
+from dynamo_cli.planner.capacity import MockerCapacity, ProfiledCapacity
 from dynamo_cli.planner.inputs import FrontendSample, Inputs, WorkerLoads, observation_json, parse_metrics
 from dynamo_cli.planner.policy import LoadPolicy, SlaPolicy, make_policy, planned_groups
 from dynamo_cli.transport.wire import LoadMetrics
@@ -91,7 +92,9 @@ def test_planner_section_is_checked() -> None:
     with pytest.raises(ValidationError, match="kv_low must be below kv_high"):
         DynamoConfig.model_validate({"planner": {"load": {"kv_low": 0.8, "kv_high": 0.7}}})
     with pytest.raises(ValidationError, match="dynamo planner profile"):
-        DynamoConfig.model_validate({"planner": {"enabled": True, "policy": "sla"}})
+        DynamoConfig.model_validate({"engine": "vllm", "planner": {"enabled": True, "policy": "sla"}})
+    # The mocker needs no profile: its capacity comes from its own timing model.
+    DynamoConfig.model_validate({"engine": "mocker", "planner": {"enabled": True, "policy": "sla"}})
     with pytest.raises(ValidationError, match="workers starts with 6 worker\\(s\\), outside"):
         DynamoConfig.model_validate({"planner": {"enabled": True}, "workers": {"count": 6}})
     # Off, the section is not held against the profile.
@@ -101,7 +104,10 @@ def test_planner_section_is_checked() -> None:
 def test_policies_and_groups_come_from_the_profile() -> None:
     agg = load_config("agg", flags={"planner.enabled": True, "planner.workers.max": 5})
     assert set(planned_groups(agg)) == {"workers"} and planned_groups(agg)["workers"].max == 5
-    assert isinstance(make_policy(agg), LoadPolicy)
+    assert isinstance(make_policy(agg), LoadPolicy)  # agg's engine (vLLM) has no profile: auto is load
+    mocked = load_config("agg", flags={"planner.enabled": True, "engine": "mocker"})
+    policy = make_policy(mocked)
+    assert isinstance(policy, SlaPolicy) and isinstance(policy.capacity, MockerCapacity)
     dis = load_config(
         "disagg",
         flags={
@@ -113,7 +119,8 @@ def test_policies_and_groups_come_from_the_profile() -> None:
     )
     assert set(planned_groups(dis)) == {"workers", "prefill_workers"}
     policy = make_policy(dis)
-    assert isinstance(policy, SlaPolicy) and policy.profile.decode_tokens_per_s == 900
+    assert isinstance(policy, SlaPolicy) and isinstance(policy.capacity, ProfiledCapacity)
+    assert policy.capacity.decode_tokens_per_s == 900
 
 
 def test_groups_get_a_slot_per_worker_they_may_ever_have(monkeypatch: pytest.MonkeyPatch) -> None:
