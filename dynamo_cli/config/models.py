@@ -245,7 +245,7 @@ class PlannerSlaConfig(StrictModel):
     )
     window: int = Field(6, ge=1, le=100, description="Intervals the load predictor looks back over.")
     scale_down_intervals: int = Field(
-        3, ge=1, description="Intervals in a row wanting fewer workers before one is removed."
+        5, ge=1, description="Intervals in a row wanting fewer workers before one is removed."
     )
 
 

@@ -133,6 +133,11 @@ class Predictor:
         return max(0.0, mean_y + slope * (n - mean_x))  # the line, one step past the last point
 
 
+# Down only when one worker fewer would still run at most this share of its (headroomed) capacity:
+# between scaling up at 100% and down at 80%, a load near a boundary does not flap.
+DOWN_MARGIN = 0.8
+
+
 @dataclass
 class SlaPolicy:
     """Workers from the targets: each group gets the workers its predicted load needs at what one
@@ -179,6 +184,8 @@ class SlaPolicy:
             need = rate / per_worker if per_worker > 0 else float(self.bounds[group].max)
             b = self.bounds[group]
             wanted = b.clamp(math.ceil(need - 1e-9))
+            if wanted < current and need > (current - 1) * DOWN_MARGIN:
+                wanted = current  # one fewer would run above DOWN_MARGIN of its capacity: not yet
             self._down[group] = self._down.get(group, 0) + 1 if wanted < current else 0
             if wanted < current and self._down[group] < self.down_after and current <= b.max:
                 continue  # a dip of a few intervals is noise: shrink only when it lasts
