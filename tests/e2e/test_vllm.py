@@ -233,7 +233,12 @@ def test_a_killed_vllm_workers_streams_migrate_and_finish(tmp_path: Path) -> Non
         assert [r[1:] for r in results] == [("length", 300)] * 6
         assert results == undisturbed
         metrics = scrape(dep.url + "/metrics")
-        died = metrics[f'dynamo_frontend_migrations_total{{model="{dep.model}",reason="worker_died"}}']
-        assert died == 3, {k: v for k, v in metrics.items() if "migrat" in k}
+        seen = {k: v for k, v in metrics.items() if "migrat" in k}
+        # The victim's three streams moved once each. How the frontend noticed first is a race: the
+        # launcher's death notice (worker_died) or the stream breaking (stream_ended, no_responders).
+        moved = f'dynamo_frontend_migrated_requests_total{{model="{dep.model}",outcome="finished"}}'
+        assert seen.get(moved) == 3, seen
+        reasons = {k.split('reason="')[1].rstrip('"}') for k in seen if "reason=" in k}
+        assert reasons <= {"worker_died", "stream_ended", "no_responders", "send_failed"}, seen
     finally:
         dep.stop()
