@@ -101,6 +101,20 @@ def _capacity() -> float:
     return cap.max_rate(310, 128, "agg")
 
 
+def _agg_planner(tmp_path: Path) -> Deployment:
+    """One mocker worker and the planner (bounds 1..4) on its defaults, once it has reported."""
+    dep = start(
+        tmp_path, "agg", "--engine", "mocker", "--workers", "1", "--planner", *TARGETS,
+        "--set", f"mocker.num_blocks={BLOCKS}", "--set", "planner.workers.max=4",
+    )  # fmt: skip
+    try:
+        wait_for(lambda: bool(_events(dep, "replicas")), 15, "the planner's first replica report")
+    except AssertionError:
+        dep.stop()
+        raise
+    return dep
+
+
 def _longest_miss(dep: Deployment) -> int:
     """The most intervals in a row whose mean TTFT or ITL missed its target."""
     longest = run = 0
@@ -125,12 +139,8 @@ def test_a_ramp_on_the_defaults_scales_up_in_time_and_back_down(tmp_path: Path) 
             return hi - (hi - lo) * (t - up - hold) / down
         return 0.0
 
-    dep = start(
-        tmp_path, "agg", "--engine", "mocker", "--workers", "1", "--planner", *TARGETS,
-        "--set", f"mocker.num_blocks={BLOCKS}", "--set", "planner.workers.max=4",
-    )  # fmt: skip
+    dep = _agg_planner(tmp_path)
     try:
-        wait_for(lambda: bool(_events(dep, "replicas")), 15, "the planner's first replica report")
         with OpenLoop(dep, ramp, _agg_body(dep.model)) as load:
             wait_for(lambda: _ready(dep) >= 3, 40, "three workers or more at the ramp's top")
             time.sleep(32)  # the rest of the ramp
@@ -149,12 +159,8 @@ def test_a_ramp_on_the_defaults_scales_up_in_time_and_back_down(tmp_path: Path) 
 
 def test_a_step_in_the_load_adds_several_workers_at_once(tmp_path: Path) -> None:
     cap = _capacity()
-    dep = start(
-        tmp_path, "agg", "--engine", "mocker", "--workers", "1", "--planner", *TARGETS,
-        "--set", f"mocker.num_blocks={BLOCKS}", "--set", "planner.workers.max=4",
-    )  # fmt: skip
+    dep = _agg_planner(tmp_path)
     try:
-        wait_for(lambda: bool(_events(dep, "replicas")), 15, "the planner's first replica report")
         with OpenLoop(dep, lambda t: 2.5 * cap, _agg_body(dep.model)) as load:
             wait_for(lambda: _ready(dep) >= 3, 30, "the workers it asked for")
         ups = [e for e in _events(dep, "scale") if e["to"] > e["from"]]
