@@ -27,19 +27,20 @@ import struct
 import time
 from collections.abc import Callable
 
-import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dynamo_cli.config.frontend import FrontendConfig
-from dynamo_cli.frontend.limits import discard
+from dynamo_cli.frontend.limits import refuse
 from dynamo_cli.frontend.metrics import FrontendMetrics
 from dynamo_cli.frontend.schemas import OpenAIError
 
 GENERATION_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses"})
 OPEN_PATHS = frozenset({"/health", "/live", "/docs", "/openapi.json", "/docs/oauth2-redirect"})
 OVERLOAD_RETRY_AFTER_S = 1
-REFUSAL_DRAIN_BYTES = 1 << 20  # a refused request's body read and dropped, so the client sees the answer
-REFUSAL_DRAIN_S = 2.0
+OVERLOAD_HEADERS = [(b"retry-after", str(OVERLOAD_RETRY_AFTER_S).encode())]
+# A refused request's body is read and dropped, up to this many bytes and seconds, so the client sees
+# the answer.
+REFUSAL_DRAIN = (1 << 20, 2.0)
 
 
 class Admission:
@@ -228,7 +229,7 @@ class Guard:
                     type_="invalid_request_error",
                     code="invalid_api_key",
                 )
-                await _refuse(err, receive, send, [(b"www-authenticate", b"Bearer")])
+                await refuse(err, receive, send, [(b"www-authenticate", b"Bearer")], REFUSAL_DRAIN)
                 return
             key = found
         generation = path in GENERATION_PATHS and scope.get("method") == "POST"
@@ -246,7 +247,9 @@ class Guard:
                     type_="rate_limit_error",
                     code="rate_limit_exceeded",
                 )
-                await _refuse(err, receive, send, [(b"retry-after", str(math.ceil(wait)).encode())])
+                await refuse(
+                    err, receive, send, [(b"retry-after", str(math.ceil(wait)).encode())], REFUSAL_DRAIN
+                )
                 return
         self.lag.start()
         waiting = self.accept_queue.length()
@@ -258,7 +261,9 @@ class Guard:
                 f"{self.lag.lag_s * 1000:.0f} ms behind); retry shortly",
                 code="overloaded",
             )
-            await _refuse(err, receive, send, [(b"retry-after", str(OVERLOAD_RETRY_AFTER_S).encode())])
+            await refuse(
+                err, receive, send, [(b"retry-after", str(OVERLOAD_RETRY_AFTER_S).encode())], REFUSAL_DRAIN
+            )
             return
         adm = self.admission
         if not await adm.acquire():
@@ -269,7 +274,9 @@ class Guard:
                 "retry shortly",
                 code="overloaded",
             )
-            await _refuse(err, receive, send, [(b"retry-after", str(OVERLOAD_RETRY_AFTER_S).encode())])
+            await refuse(
+                err, receive, send, [(b"retry-after", str(OVERLOAD_RETRY_AFTER_S).encode())], REFUSAL_DRAIN
+            )
             return
         released = False
 
@@ -291,24 +298,6 @@ class Guard:
 
     def _count(self, reason: str) -> None:
         self.metrics.rejected.labels(self.model, reason).inc()
-
-
-async def _refuse(err: OpenAIError, receive: Receive, send: Send, headers: list[tuple[bytes, bytes]]) -> None:
-    body = orjson.dumps(err.body())
-    await send(
-        {
-            "type": "http.response.start",
-            "status": err.status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body, "more_body": True})
-    await discard(receive, REFUSAL_DRAIN_BYTES, REFUSAL_DRAIN_S)
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def admission_limit(cfg: FrontendConfig, live_workers: Callable[[], int]) -> Callable[[], int]:

@@ -86,24 +86,35 @@ class BodyLimit:
             await self._refuse(receive, send, drain=True)
 
     async def _refuse(self, receive: Receive, send: Send, *, drain: bool) -> None:
-        body = orjson.dumps(BodyTooLarge(self.limit).body())
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body, "more_body": True})
-        if drain:
-            await discard(receive, DRAIN_FACTOR * self.limit, DRAIN_S)
-        # Closing with unread bytes would reset the connection and lose the answer; after the drain
-        # nothing is left unread unless the client sent more than the second bound.
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        bounds = (DRAIN_FACTOR * self.limit, DRAIN_S) if drain else None
+        await refuse(BodyTooLarge(self.limit), receive, send, [(b"connection", b"close")], bounds)
+
+
+async def refuse(
+    err: OpenAIError,
+    receive: Receive,
+    send: Send,
+    headers: list[tuple[bytes, bytes]],
+    drain: tuple[int, float] | None,
+) -> None:
+    """Answer ``err`` before the app has read the body, then read and drop up to ``drain`` (bytes,
+    seconds) of it: closing with unread bytes would reset the connection and lose the answer."""
+    body = orjson.dumps(err.body())
+    await send(
+        {
+            "type": "http.response.start",
+            "status": err.status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body, "more_body": True})
+    if drain is not None:
+        await discard(receive, *drain)
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def discard(receive: Receive, max_bytes: int, max_s: float) -> None:
