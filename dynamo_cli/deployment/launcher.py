@@ -34,7 +34,7 @@ from dynamo_cli.deployment.servers import (
 )
 from dynamo_cli.deployment.supervisor import ProcessSpec, Supervisor
 from dynamo_cli.errors import StartupError, UsageError
-from dynamo_cli.frontend.access import ENV_DEFAULT, client_options, for_children, resolve_keys
+from dynamo_cli.frontend.access import ENV_DEFAULT, client_options, for_children, keys_for
 from dynamo_cli.lifecycle import install_signal_handlers, run_async
 from dynamo_cli.models.resolve import ResolvedModel, read_model_info, resolve_model
 from dynamo_cli.transport.ports import LOOPBACKS
@@ -114,7 +114,7 @@ class Launcher:
         self.url: str | None = None
         self.planner: LocalPlanner | None = None
         self.deaths = DeathNotices(cfg.namespace)
-        self.keys = resolve_keys(cfg.frontend.api_keys)  # first: a key that cannot be read stops the run
+        self.keys = keys_for(cfg.frontend)  # first: a key that cannot be read stops the run
         if literal_keys(cfg.frontend.api_keys):
             out.warn(
                 "an API key given as text shows in `ps`, shell history or the profile file",

@@ -59,6 +59,17 @@ def resolve_keys(entries: list[str], environ: dict[str, str] | None = None) -> l
     return list(dict.fromkeys(keys))
 
 
+def keys_for(cfg: FrontendConfig, environ: dict[str, str] | None = None) -> list[str]:
+    """The frontend's keys (resolve_keys), refusing a setting that needs keys when there are none."""
+    keys = resolve_keys(cfg.api_keys, environ)
+    if cfg.metrics_auth and not keys:
+        raise ConfigError(
+            "frontend.metrics_auth puts /metrics behind an API key, but no key is configured",
+            hint=f"give keys ({ENV_DEFAULT}, --api-key-file or frontend.api_keys), or leave it false",
+        )
+    return keys
+
+
 def for_children(keys: list[str]) -> tuple[list[str], dict[str, str]]:
     """What the config file says of the keys (a reference) and the environment that carries them."""
     if not keys:

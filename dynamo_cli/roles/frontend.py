@@ -17,7 +17,7 @@ import uvicorn
 
 from dynamo_cli.config.models import DynamoConfig
 from dynamo_cli.errors import StartupError
-from dynamo_cli.frontend.access import resolve_keys
+from dynamo_cli.frontend.access import keys_for
 from dynamo_cli.frontend.client import WorkerClient
 from dynamo_cli.frontend.guard import Guard, admission_limit
 from dynamo_cli.frontend.limits import MIB, RequestLimits
@@ -97,7 +97,7 @@ class FrontendRole(Role):
 
     async def start(self) -> dict[str, Any]:
         fcfg = self.cfg.frontend
-        keys = resolve_keys(fcfg.api_keys)  # first, with the TLS files: a bad one fails before any work
+        keys = keys_for(fcfg)  # first, with the TLS files: a bad one fails before any work
         tls = tls_options(self.cfg)
         sock = bind_socket(fcfg.host, fcfg.port)  # first: a busy port fails fast, before any connection
         tokenizer = await asyncio.to_thread(ModelTokenizer, self.model.path, fast_encode=fcfg.fast_tokenizer)

@@ -14,7 +14,14 @@ from dynamo_cli.config.loader import dump_config, shown_config
 from dynamo_cli.config.models import DynamoConfig
 from dynamo_cli.errors import ConfigError
 from dynamo_cli.frontend import guard
-from dynamo_cli.frontend.access import ENV_CHILD, ENV_DEFAULT, client_options, for_children, resolve_keys
+from dynamo_cli.frontend.access import (
+    ENV_CHILD,
+    ENV_DEFAULT,
+    client_options,
+    for_children,
+    keys_for,
+    resolve_keys,
+)
 from dynamo_cli.frontend.guard import AcceptQueue, Admission, Guard, RateLimiter, admission_limit
 from dynamo_cli.frontend.metrics import FrontendMetrics
 
@@ -36,6 +43,12 @@ def test_keys_from_env_file_text_and_the_default_variable(tmp_path: Path) -> Non
 def test_a_reference_that_names_nothing_is_an_error_never_an_open_server(entry: str, why: str) -> None:
     with pytest.raises(ConfigError, match=why):
         resolve_keys([entry], {})
+
+
+def test_metrics_behind_a_key_needs_a_key() -> None:
+    with pytest.raises(ConfigError, match="no key is configured"):
+        keys_for(FrontendConfig(metrics_auth=True), {})
+    assert keys_for(FrontendConfig(metrics_auth=True), {ENV_DEFAULT: "k"}) == ["k"]
 
 
 def test_an_empty_key_file_is_an_error(tmp_path: Path) -> None:
